@@ -1,0 +1,25 @@
+//! # s2s-operator
+//!
+//! Service-to-service authentication for Kubernetes, declared as YAML.
+//!
+//! ## The data model
+//! * A [`ServiceAccount`](api::ServiceAccount) is a machine identity. Its
+//!   `spec.authentication` methods become credentials in Secrets the operator owns (a client
+//!   secret, a private key) or point at external identities (`federated`). Only verifiers (a
+//!   digest, a public key) are published in its status.
+//! * A [`TrustedIssuer`](api::TrustedIssuer) is an identity provider whose JWTs are accepted.
+//! * A [`TokenGrant`](api::TokenGrant), in the namespace of the API's owner, lets a subject get
+//!   tokens for an audience claimed in that namespace, with some scopes.
+//!
+//! ## How data flows
+//! Resources → pure validation and builders → writes (Secrets, status). Resources and
+//! verifiers → a read model → the token-issuing core → HTTP. The pure stages never see a
+//! Kubernetes client, so `dev` mode and tests run them without a cluster.
+//!
+//! ## Modules
+//! * [`api`]: the kinds' types and schema rules, nothing else.
+//! * [`k8s`]: glue shared by the reconcilers (conditions).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod k8s;
