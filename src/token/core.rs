@@ -1,0 +1,570 @@
+//! The issuing core: authenticate the client, authorize the request, mint an RFC 9068 JWT;
+//! and verify our own tokens for introspection and revocation.
+//!
+//! It reads an immutable [`Registry`] and [`KeySet`] through `ArcSwap`, so readers never
+//! lock and a reload swaps both in whole. Time comes from an injected [`Clock`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::error::{ErrorCode, OAuthError};
+use super::registry::{Client, Registry};
+use super::request::{ClientAuth, Params};
+use super::scopes;
+use crate::crypto::{self, Jwk, SigningKey};
+
+/// `grant_type` of the client credentials grant.
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+/// Longest accepted client assertion, in bytes.
+pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
+/// Longest token accepted for introspection or revocation, in bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Where the current time comes from.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Settings of the authorization server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The issuer URL (`iss`), without a trailing slash.
+    pub issuer: String,
+    /// Upper bound on every token's lifetime.
+    pub max_token_lifetime: Duration,
+    /// Longest a client assertion may still be valid when presented (RFC 7523 §3: short).
+    pub max_assertion_lifetime: Duration,
+    /// Tolerance for `exp`, `nbf` and `iat` of assertions.
+    pub clock_skew: Duration,
+}
+
+impl Config {
+    /// Defaults for an issuer URL: 24h maximum lifetime, 5 minute assertions, 60s skew.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into().trim_end_matches('/').to_owned(),
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+            max_assertion_lifetime: Duration::from_secs(300),
+            clock_skew: Duration::from_secs(60),
+        }
+    }
+
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.issuer)
+    }
+}
+
+/// The signing key and every public key that may still verify a live token.
+pub struct KeySet {
+    signer: Arc<SigningKey>,
+    verifiers: HashMap<String, (DecodingKey, Algorithm)>,
+    jwks: Arc<Vec<u8>>,
+}
+
+impl KeySet {
+    /// A key set that signs with `signer` and publishes `published` (which should include
+    /// the signer's public key; it is added if missing).
+    pub fn new(signer: SigningKey, published: Vec<Jwk>) -> Result<Self, crypto::CryptoError> {
+        let mut keys = published;
+        if !keys.iter().any(|k| k.kid.as_deref() == Some(signer.kid())) {
+            keys.push(signer.public_jwk());
+        }
+        let mut verifiers = HashMap::new();
+        for k in &keys {
+            if let Some(kid) = &k.kid {
+                verifiers.insert(kid.clone(), crypto::decoding_key(k)?);
+            }
+        }
+        let jwks = serde_json::to_vec(&json!({ "keys": keys })).expect("JWKS serializes");
+        Ok(Self {
+            signer: Arc::new(signer),
+            verifiers,
+            jwks: Arc::new(jwks),
+        })
+    }
+
+    /// The JWKS document, serialized once.
+    pub fn jwks_json(&self) -> Arc<Vec<u8>> {
+        self.jwks.clone()
+    }
+
+    /// The current signing key.
+    pub fn signer(&self) -> &SigningKey {
+        &self.signer
+    }
+}
+
+/// `jti`s with their expiry: assertions already used, tokens revoked.
+#[derive(Default)]
+struct JtiSet {
+    entries: Mutex<HashMap<String, u64>>,
+}
+
+impl JtiSet {
+    /// Inserts; false if it was there and not yet expired.
+    fn insert(&self, jti: &str, exp: u64, now: u64) -> bool {
+        let mut m = self.entries.lock().expect("jti set lock");
+        if m.len() > 10_000 {
+            m.retain(|_, e| *e >= now);
+        }
+        match m.get(jti) {
+            Some(e) if *e >= now => false,
+            _ => {
+                m.insert(jti.to_owned(), exp);
+                true
+            }
+        }
+    }
+
+    fn contains(&self, jti: &str, now: u64) -> bool {
+        self.entries
+            .lock()
+            .expect("jti set lock")
+            .get(jti)
+            .is_some_and(|e| *e >= now)
+    }
+}
+
+/// The successful token response (RFC 6749 §5.1).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until `exp`.
+    pub expires_in: u64,
+    /// Granted scopes, space-separated; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The claims of our access tokens (RFC 9068 §2.2).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: the client id for client credentials.
+    pub sub: String,
+    /// Audience.
+    pub aud: String,
+    /// Expiry.
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Token id.
+    pub jti: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Tenant of the grant, if it stands for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// The claims we require of a `private_key_jwt` client assertion.
+#[derive(Deserialize)]
+struct AssertionClaims {
+    exp: u64,
+    jti: Option<String>,
+}
+
+/// The token server's brain.
+pub struct Core {
+    config: Config,
+    registry: ArcSwap<Registry>,
+    keys: ArcSwap<KeySet>,
+    clock: Arc<dyn Clock>,
+    used_assertions: JtiSet,
+    revoked: JtiSet,
+}
+
+impl Core {
+    /// A core with a registry and keys.
+    pub fn new(config: Config, registry: Registry, keys: KeySet, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            config,
+            registry: ArcSwap::from_pointee(registry),
+            keys: ArcSwap::from_pointee(keys),
+            clock,
+            used_assertions: JtiSet::default(),
+            revoked: JtiSet::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the registry (after a resource changed).
+    pub fn set_registry(&self, registry: Registry) {
+        self.registry.store(Arc::new(registry));
+    }
+
+    /// Replaces the keys (after a signing-key rotation).
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// The JWKS document.
+    pub fn jwks_json(&self) -> Arc<Vec<u8>> {
+        self.keys.load().jwks_json()
+    }
+
+    /// RFC 8414 / OpenID discovery metadata.
+    pub fn metadata(&self) -> Value {
+        let iss = &self.config.issuer;
+        let alg = self.keys.load().signer().algorithm().jws_name();
+        let auth_methods = [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        ];
+        let assertion_algs = ["ES256", "EdDSA", "RS256"];
+        json!({
+            "issuer": iss,
+            "token_endpoint": format!("{iss}/oauth2/token"),
+            "jwks_uri": format!("{iss}/jwks.json"),
+            "introspection_endpoint": format!("{iss}/oauth2/introspect"),
+            "revocation_endpoint": format!("{iss}/oauth2/revoke"),
+            "grant_types_supported": [CLIENT_CREDENTIALS],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
+            "introspection_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [alg],
+            "access_token_signing_alg_values_supported": [alg],
+        })
+    }
+
+    /// `POST /oauth2/token`.
+    pub fn token(&self, auth: &ClientAuth, params: &Params) -> Result<TokenResponse, OAuthError> {
+        let grant_type = params
+            .get("grant_type")
+            .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?;
+        if grant_type != CLIENT_CREDENTIALS {
+            // Authenticate first anyway? No: RFC 6749 lets us refuse the grant type outright,
+            // and not touching credentials keeps this path cheap for garbage requests.
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant_type {grant_type} is not supported"),
+            ));
+        }
+        let registry = self.registry.load();
+        let client = self.authenticate(&registry, auth)?;
+        let audience = self.audience(&client, params)?;
+        let grants = registry.grants_for(&client, &audience);
+        if grants.is_empty() {
+            return Err(OAuthError::invalid_target(format!(
+                "no TokenGrant lets this client get tokens for {audience}"
+            )));
+        }
+        let granted: Vec<String> = grants
+            .iter()
+            .flat_map(|g| g.scopes.iter().cloned())
+            .collect();
+        let defined = registry
+            .api(&audience)
+            .map(|a| a.scopes.as_slice())
+            .unwrap_or_default();
+        let scope =
+            scopes::resolve(&params.scopes(), &client.scopes, &granted, defined).map_err(|s| {
+                OAuthError::new(ErrorCode::InvalidScope, format!("scope {s} is not granted"))
+            })?;
+        let tenant = grants.iter().find_map(|g| g.tenant.clone());
+        self.mint(&client, audience, scope, tenant)
+    }
+
+    fn mint(
+        &self,
+        client: &Client,
+        audience: String,
+        scope: Vec<String>,
+        tenant: Option<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = unix(self.clock.now());
+        let lifetime = client
+            .token_lifetime
+            .min(self.config.max_token_lifetime)
+            .as_secs();
+        let scope = (!scope.is_empty()).then(|| scope.join(" "));
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: audience,
+            exp: now + lifetime,
+            iat: now,
+            nbf: now,
+            jti: crypto::random_token_id(),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            tenant,
+        };
+        let keys = self.keys.load();
+        let access_token = crypto::sign_jwt(keys.signer(), "at+jwt", &claims).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            OAuthError::invalid_request("the token could not be signed")
+        })?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: lifetime,
+            scope,
+        })
+    }
+
+    /// The one audience of a request: `audience` or `resource` (RFC 8707), or the account's
+    /// only audience.
+    fn audience(&self, client: &Client, params: &Params) -> Result<String, OAuthError> {
+        let mut asked: Vec<&String> = params
+            .all("audience")
+            .iter()
+            .chain(params.all("resource"))
+            .collect();
+        asked.dedup();
+        let audience = match asked.as_slice() {
+            [] => match client.audiences.as_slice() {
+                [only] => only.clone(),
+                _ => {
+                    return Err(OAuthError::invalid_target(
+                        "name the audience (audience or resource parameter)",
+                    ));
+                }
+            },
+            [one] => (*one).clone(),
+            _ => return Err(OAuthError::invalid_target("ask for one audience per token")),
+        };
+        if !client.audiences.contains(&audience) {
+            return Err(OAuthError::invalid_target(format!(
+                "audience {audience} is not among the account's audiences"
+            )));
+        }
+        Ok(audience)
+    }
+
+    /// Authenticates a client by any of the supported methods.
+    fn authenticate(
+        &self,
+        registry: &Registry,
+        auth: &ClientAuth,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let now = self.clock.now();
+        let client = match auth {
+            ClientAuth::None => {
+                return Err(OAuthError::invalid_client());
+            }
+            ClientAuth::Secret {
+                client_id, secret, ..
+            } => {
+                let client = registry.client(client_id);
+                let ok = client.is_some_and(|c| {
+                    c.secrets.iter().any(|v| {
+                        v.not_after.is_none_or(|t| t > now)
+                            && crypto::verify_secret(secret, &v.digest)
+                    })
+                });
+                if !ok {
+                    if client.is_none() {
+                        // Same work for unknown clients, so timing tells nothing.
+                        crypto::verify_secret(secret, UNKNOWN_CLIENT_DIGEST);
+                    }
+                    return Err(OAuthError::invalid_client());
+                }
+                client.cloned().expect("checked above")
+            }
+            ClientAuth::Assertion {
+                client_id,
+                assertion,
+            } => self.verify_client_assertion(registry, client_id.as_deref(), assertion)?,
+        };
+        if client.disabled {
+            return Err(OAuthError::invalid_client());
+        }
+        Ok(client)
+    }
+
+    /// RFC 7523 §2.2 / §3: a JWT signed with one of the client's keys, `iss` = `sub` = the
+    /// client id, `aud` the token endpoint or the issuer, short-lived, with a `jti` never seen
+    /// before.
+    fn verify_client_assertion(
+        &self,
+        registry: &Registry,
+        client_id: Option<&str>,
+        assertion: &str,
+    ) -> Result<Arc<Client>, OAuthError> {
+        if assertion.len() > MAX_ASSERTION_LEN {
+            return Err(OAuthError::invalid_client());
+        }
+        let header =
+            jsonwebtoken::decode_header(assertion).map_err(|_| OAuthError::invalid_client())?;
+        if !matches!(
+            header.alg,
+            Algorithm::ES256 | Algorithm::EdDSA | Algorithm::RS256
+        ) {
+            return Err(OAuthError::invalid_client());
+        }
+        let id = match client_id {
+            Some(id) => id.to_owned(),
+            None => {
+                #[derive(Deserialize)]
+                struct Iss {
+                    iss: String,
+                }
+                jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(assertion)
+                    .map_err(|_| OAuthError::invalid_client())?
+                    .iss
+            }
+        };
+        let client = registry
+            .client(&id)
+            .ok_or_else(OAuthError::invalid_client)?;
+        let now = self.clock.now();
+        let key = client
+            .keys
+            .iter()
+            .filter(|k| k.not_after.is_none_or(|t| t > now) && k.algorithm == header.alg)
+            .find(|k| header.kid.as_deref().is_none_or(|kid| kid == k.kid))
+            .ok_or_else(OAuthError::invalid_client)?;
+        let mut v = Validation::new(key.algorithm);
+        v.leeway = self.config.clock_skew.as_secs();
+        v.validate_nbf = true;
+        v.set_issuer(&[&id]);
+        v.sub = Some(id.clone());
+        v.set_audience(&[self.config.token_endpoint(), self.config.issuer.clone()]);
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let data = jsonwebtoken::decode::<AssertionClaims>(assertion, &key.key, &v)
+            .map_err(|_| OAuthError::invalid_client())?;
+        let now_s = unix(now);
+        let longest = self.config.max_assertion_lifetime + self.config.clock_skew;
+        if data.claims.exp > now_s + longest.as_secs() {
+            return Err(OAuthError::invalid_client());
+        }
+        let jti = data
+            .claims
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(OAuthError::invalid_client)?;
+        // Remember the jti for as long as the assertion could be accepted.
+        let replay_key = format!("{id}\u{0}{jti}");
+        if !self.used_assertions.insert(
+            &replay_key,
+            data.claims.exp + self.config.clock_skew.as_secs(),
+            now_s,
+        ) {
+            return Err(OAuthError::invalid_client());
+        }
+        Ok(client.clone())
+    }
+
+    /// Verifies one of our own access tokens: signature by a published key, exact issuer, not
+    /// expired. Audience is not checked here: introspection reports it.
+    fn verify_own(&self, token: &str) -> Option<AccessClaims> {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let keys = self.keys.load();
+        let (key, alg) = keys.verifiers.get(header.kid.as_deref()?)?;
+        if header.alg != *alg {
+            return None;
+        }
+        let mut v = Validation::new(*alg);
+        v.leeway = 0;
+        v.validate_aud = false;
+        v.set_issuer(&[&self.config.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "sub"]);
+        jsonwebtoken::decode::<AccessClaims>(token, key, &v)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    /// `POST /oauth2/introspect` (RFC 7662). The caller authenticates as a client; it learns
+    /// about tokens issued to it, or for an audience its account claims. Anything else is
+    /// `{"active": false}`.
+    pub fn introspect(&self, auth: &ClientAuth, params: &Params) -> Result<Value, OAuthError> {
+        let registry = self.registry.load();
+        let caller = self.authenticate(&registry, auth)?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        let now = unix(self.clock.now());
+        let inactive = json!({ "active": false });
+        let Some(claims) = self.verify_own(token) else {
+            return Ok(inactive);
+        };
+        if self.revoked.contains(&claims.jti, now) {
+            return Ok(inactive);
+        }
+        let may_see =
+            claims.client_id == caller.client_id || registry.owns_audience(&caller, &claims.aud);
+        if !may_see {
+            return Ok(inactive);
+        }
+        let mut out = serde_json::to_value(&claims).expect("claims serialize");
+        out["active"] = Value::Bool(true);
+        out["token_type"] = Value::String("Bearer".into());
+        Ok(out)
+    }
+
+    /// `POST /oauth2/revoke` (RFC 7009). A client may revoke tokens issued to it; anything
+    /// else (unknown, expired, someone else's) is silently accepted, as §2.2 asks.
+    pub fn revoke(&self, auth: &ClientAuth, params: &Params) -> Result<(), OAuthError> {
+        let registry = self.registry.load();
+        let caller = self.authenticate(&registry, auth)?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        if let Some(hint) = params.get("token_type_hint")
+            && hint != "access_token"
+            && hint != "refresh_token"
+        {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedTokenType,
+                "only access tokens exist here",
+            ));
+        }
+        if let Some(claims) = self.verify_own(token)
+            && claims.client_id == caller.client_id
+        {
+            self.revoked
+                .insert(&claims.jti, claims.exp, unix(self.clock.now()));
+            tracing::info!(client_id = %caller.client_id, jti = %claims.jti, "token revoked");
+        }
+        Ok(())
+    }
+}
+
+/// A digest no secret has (the SHA-256 of the empty string is not one of ours: secrets are
+/// 43 characters), compared against for unknown clients.
+const UNKNOWN_CLIENT_DIGEST: &str = "sha256:47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU";
