@@ -24,6 +24,7 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::crypto::{Jwk, KeyAlgorithm};
 pub use conditions::Condition;
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
 pub use token_grant::{TokenGrant, TokenGrantSpec, TokenGrantStatus};
@@ -155,60 +156,6 @@ impl ObjectRef {
     pub fn namespace_or<'a>(&'a self, own: &'a str) -> &'a str {
         self.namespace.as_deref().unwrap_or(own)
     }
-}
-
-/// A public key as a JSON Web Key (RFC 7517): what the schema lets a status or an inline key
-/// set carry. Private members (`d`, `p`, `q`, …) have no field here, so they are never kept.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Jwk {
-    /// Key type: `EC`, `OKP` or `RSA`.
-    #[schemars(length(min = 1, max = 8))]
-    pub kty: String,
-    /// Key id, matched against a JWT's `kid` header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
-    pub kid: Option<String>,
-    /// Algorithm the key is meant for (`ES256`, `EdDSA`, `RS256`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
-    pub alg: Option<String>,
-    /// Intended use; `sig` for every key here.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "use")]
-    #[schemars(length(max = 8))]
-    pub use_: Option<String>,
-    /// Curve of an `EC` or `OKP` key (`P-256`, `Ed25519`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
-    pub crv: Option<String>,
-    /// Public x coordinate (EC) or public key (OKP), base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
-    pub x: Option<String>,
-    /// Public y coordinate of an `EC` key, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
-    pub y: Option<String>,
-    /// Modulus of an `RSA` key, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
-    pub n: Option<String>,
-    /// Public exponent of an `RSA` key, base64url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
-    pub e: Option<String>,
-}
-
-/// Algorithms the operator generates keys for: workload private keys and its own signing keys.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum KeyAlgorithm {
-    /// ECDSA on P-256 with SHA-256: small, fast, the default.
-    #[default]
-    ES256,
-    /// Ed25519: the fastest to sign and verify.
-    EdDSA,
-    /// RSA PKCS#1 v1.5 with SHA-256, 2048-bit keys: for peers that know nothing else.
-    RS256,
 }
 
 /// CEL rules shared by several kinds, built from the patterns above so each rule is written

@@ -1,0 +1,333 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::api::conditions::ConditionStatus;
+use crate::k8s::conditions::find;
+
+const H: Duration = Duration::from_secs(3600);
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// Real material, counted.
+#[derive(Default)]
+struct Counting {
+    ids: usize,
+    secrets: usize,
+    keys: usize,
+}
+
+impl Generator for Counting {
+    fn client_id(&mut self) -> String {
+        self.ids += 1;
+        RandomGenerator.client_id()
+    }
+    fn secret(&mut self) -> String {
+        self.secrets += 1;
+        RandomGenerator.secret()
+    }
+    fn key(&mut self, alg: KeyAlgorithm) -> Result<GeneratedKey, CryptoError> {
+        self.keys += 1;
+        RandomGenerator.key(alg)
+    }
+}
+
+fn account(yaml: &str) -> ServiceAccount {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const BOTH: &str = r#"
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: worker, namespace: team, generation: 1}
+spec:
+  scopes: ["orders:read"]
+  audiences: ["https://orders"]
+  authentication:
+    clientSecret: {secretName: worker-secret, rotateEvery: 720h, gracePeriod: 24h}
+    privateKeyJwt: {secretName: worker-key, algorithm: EdDSA}
+"#;
+
+fn ctx(now: SystemTime) -> Context<'static> {
+    Context {
+        issuer: "http://127.0.0.1:8080",
+        now,
+    }
+}
+
+/// Applies a plan the way the controller would: status stored, Secrets written (controlled).
+fn apply(sa: &mut ServiceAccount, observed: &mut Observed, plan: &Plan) {
+    sa.status = Some(plan.status.clone());
+    for s in &plan.secrets {
+        observed.secrets.insert(
+            s.name.clone(),
+            ObservedSecret {
+                data: s.data.clone(),
+                controlled: true,
+            },
+        );
+    }
+}
+
+fn ready(sa: &ServiceAccountStatus) -> (ConditionStatus, String) {
+    let c = find(&sa.conditions, types::READY).unwrap();
+    (c.status, c.reason.clone())
+}
+
+#[test]
+fn first_pass_issues_everything_and_a_second_pass_changes_nothing() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let plan = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    assert_eq!((g.ids, g.secrets, g.keys), (1, 1, 1));
+    assert_eq!(plan.secrets.len(), 2);
+    let secret = &plan.secrets[0].data;
+    assert_eq!(secret["client_id"], plan.status.client_id.clone().unwrap());
+    assert_eq!(secret["token_url"], "http://127.0.0.1:8080/oauth2/token");
+    assert_eq!(secret["client_secret"].len(), 43);
+    let creds: serde_json::Value = serde_json::from_str(&secret["credentials.json"]).unwrap();
+    assert_eq!(creds["client_secret"], secret["client_secret"]);
+    let key = &plan.secrets[1].data;
+    assert!(key["private_key.pem"].contains("PRIVATE KEY"));
+    assert_eq!(plan.status.credentials.len(), 2);
+    let verifier = &plan.status.credentials[0];
+    assert!(crypto::verify_secret(
+        &secret["client_secret"],
+        verifier.secret_digest.as_ref().unwrap()
+    ));
+    assert_eq!(plan.status.credentials[1].id, key["key_id"]);
+    assert_eq!(ready(&plan.status).0, ConditionStatus::True);
+    assert_eq!(
+        plan.events
+            .iter()
+            .filter(|e| e.reason == reasons::ISSUED)
+            .count(),
+        2
+    );
+    assert_eq!(plan.requeue_after, Some(720 * H));
+    // The status carries no secret material.
+    let status_json = serde_json::to_string(&plan.status).unwrap();
+    assert!(!status_json.contains(&secret["client_secret"]));
+    assert!(!status_json.contains("PRIVATE KEY"));
+
+    apply(&mut sa, &mut obs, &plan);
+    let again = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    assert_eq!((g.ids, g.secrets, g.keys), (1, 1, 1), "nothing regenerated");
+    assert_eq!(again.status, plan.status);
+    assert_eq!(again.secrets, plan.secrets);
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn scheduled_rotation_keeps_the_old_secret_through_the_grace_period() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    let old_secret = first.secrets[0].data["client_secret"].clone();
+
+    let at = t0() + 720 * H;
+    let rotated = reconcile(&sa, &obs, &ctx(at), &mut g);
+    assert_eq!(g.secrets, 2);
+    assert_eq!(g.keys, 1, "the key has no schedule");
+    let data = &rotated.secrets[0].data;
+    assert_eq!(data["client_secret.previous"], old_secret);
+    assert_ne!(data["client_secret"], old_secret);
+    let secrets: Vec<_> = rotated
+        .status
+        .credentials
+        .iter()
+        .filter(|c| c.type_ == CredentialType::ClientSecret)
+        .collect();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[1].not_after, Some(to_time(at + 24 * H)));
+    assert!(rotated.events.iter().any(|e| e.reason == reasons::ROTATED));
+    assert_eq!(rotated.requeue_after, Some(24 * H));
+    apply(&mut sa, &mut obs, &rotated);
+
+    // Still in grace: both stay.
+    let during = reconcile(&sa, &obs, &ctx(at + 23 * H), &mut g);
+    assert_eq!(during.secrets[0].data["client_secret.previous"], old_secret);
+    assert_eq!(g.secrets, 2);
+
+    // Grace over: the old one goes from the Secret and the status.
+    let after = reconcile(&sa, &obs, &ctx(at + 24 * H), &mut g);
+    assert!(!after.secrets[0].data.contains_key("client_secret.previous"));
+    assert_eq!(
+        after
+            .status
+            .credentials
+            .iter()
+            .filter(|c| c.type_ == CredentialType::ClientSecret)
+            .count(),
+        1
+    );
+    assert!(
+        after
+            .events
+            .iter()
+            .any(|e| e.reason == event_reasons::RETIRED)
+    );
+    assert_eq!(g.secrets, 2);
+}
+
+#[test]
+fn the_rotate_annotation_rotates_once_per_value() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    sa.metadata.annotations =
+        Some([(ROTATE_ANNOTATION.to_owned(), "2026-11-23".to_owned())].into());
+    let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    assert_eq!((g.secrets, g.keys), (2, 2));
+    assert!(
+        rotated.secrets[1]
+            .data
+            .contains_key("private_key.pem.previous")
+    );
+    assert_eq!(
+        rotated.status.rotation_request.as_deref(),
+        Some("2026-11-23")
+    );
+    apply(&mut sa, &mut obs, &rotated);
+    let again = reconcile(&sa, &obs, &ctx(t0() + 2 * H), &mut g);
+    assert_eq!(
+        (g.secrets, g.keys),
+        (2, 2),
+        "the same value rotates nothing more"
+    );
+    assert_eq!(again.secrets, rotated.secrets);
+}
+
+#[test]
+fn a_secret_that_lost_its_credential_is_regenerated_with_a_warning() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    obs.secrets.remove("worker-secret");
+    let plan = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    assert_eq!(g.secrets, 2);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == event_reasons::REGENERATED)
+    );
+    assert_eq!(
+        plan.status.client_id, first.status.client_id,
+        "the client id never changes"
+    );
+}
+
+#[test]
+fn a_secret_it_does_not_control_is_left_alone() {
+    let sa = account(BOTH);
+    let mut obs = Observed::default();
+    obs.secrets.insert(
+        "worker-secret".into(),
+        ObservedSecret {
+            data: [("x".to_owned(), "y".to_owned())].into(),
+            controlled: false,
+        },
+    );
+    let plan = reconcile(&sa, &obs, &ctx(t0()), &mut Counting::default());
+    assert!(plan.secrets.iter().all(|s| s.name != "worker-secret"));
+    assert_eq!(
+        ready(&plan.status),
+        (ConditionStatus::False, reasons::SECRET_CONFLICT.to_owned())
+    );
+    let issued = find(&plan.status.conditions, types::CREDENTIALS_ISSUED).unwrap();
+    assert_eq!(issued.status, ConditionStatus::False);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == reasons::SECRET_CONFLICT)
+    );
+}
+
+#[test]
+fn api_only_accounts_get_no_credentials_and_conflicts_are_reported() {
+    let sa = account(
+        r#"
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: orders, namespace: shop}
+spec:
+  api: {audience: "https://orders"}
+"#,
+    );
+    let mut g = Counting::default();
+    let plan = reconcile(&sa, &Observed::default(), &ctx(t0()), &mut g);
+    assert_eq!((g.ids, g.secrets, g.keys), (0, 0, 0));
+    assert!(plan.status.client_id.is_none());
+    assert_eq!(ready(&plan.status).0, ConditionStatus::True);
+    let obs = Observed {
+        audience_claimed_by: Some("other/orders".into()),
+        ..Default::default()
+    };
+    let plan = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    assert_eq!(
+        ready(&plan.status),
+        (
+            ConditionStatus::False,
+            reasons::AUDIENCE_CONFLICT.to_owned()
+        )
+    );
+}
+
+#[test]
+fn disabled_accounts_keep_credentials_but_are_not_ready() {
+    let mut sa = account(BOTH);
+    sa.spec.disabled = true;
+    let plan = reconcile(
+        &sa,
+        &Observed::default(),
+        &ctx(t0()),
+        &mut Counting::default(),
+    );
+    assert_eq!(plan.secrets.len(), 2);
+    assert_eq!(
+        ready(&plan.status),
+        (ConditionStatus::False, reasons::DISABLED.to_owned())
+    );
+}
+
+#[test]
+fn changing_the_key_algorithm_rotates_the_key() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    sa.spec
+        .authentication
+        .as_mut()
+        .unwrap()
+        .private_key_jwt
+        .as_mut()
+        .unwrap()
+        .algorithm = KeyAlgorithm::ES256;
+    let plan = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    assert_eq!(g.keys, 2);
+    let current = plan
+        .status
+        .credentials
+        .iter()
+        .find(|c| c.type_ == CredentialType::PrivateKey && c.not_after.is_none())
+        .unwrap();
+    assert_eq!(
+        current.public_key.as_ref().unwrap().alg.as_deref(),
+        Some("ES256")
+    );
+    assert!(
+        plan.secrets[1]
+            .data
+            .contains_key("private_key.pem.previous")
+    );
+}
