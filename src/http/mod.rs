@@ -1,0 +1,261 @@
+//! The HTTP face of the token core (axum): token, discovery, JWKS, introspection,
+//! revocation, health and metrics. Handlers only translate: bytes and headers in, the core's
+//! answer out, as RFC 6749 §5 JSON with `Cache-Control: no-store`.
+
+mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use metrics::Metrics;
+
+use crate::token::{ClientAuth, Core, ErrorCode, OAuthError, Params};
+
+/// Largest request body accepted, in bytes. A token request is a few hundred bytes; an
+/// assertion a few kilobytes.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The token core.
+    pub core: Arc<Core>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Whether the read model has been loaded (`/readyz`).
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    /// State around a core, not yet ready.
+    pub fn new(core: Arc<Core>) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the server ready (its stores are loaded).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/.well-known/openid-configuration", get(metadata))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/jwks.json", get(jwks))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// Reads a form body and the client authentication of a POST request.
+async fn read_form(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(ClientAuth, Params), (StatusCode, OAuthError)> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"),
+        ));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::invalid_request("the request body is too large"),
+        )
+    })?;
+    let params = Params::parse(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let auth = ClientAuth::from_request(authorization, &params)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    Ok((auth, params))
+}
+
+fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    no_store(
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+    )
+}
+
+/// An OAuth error as RFC 6749 §5.2 wants it: 400, or 401 with `WWW-Authenticate` for a failed
+/// client authentication.
+fn error_response(status: StatusCode, err: &OAuthError) -> Response {
+    let body = serde_json::to_vec(&err.body()).expect("error body serializes");
+    let status = if err.code == ErrorCode::InvalidClient {
+        StatusCode::UNAUTHORIZED
+    } else {
+        status
+    };
+    let mut resp = json_response(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"s2s-operator\""),
+        );
+    }
+    resp
+}
+
+async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let (auth, params) = match read_form(&headers, body).await {
+        Ok(x) => x,
+        Err((status, e)) => {
+            s.metrics
+                .observe("token", "unknown", e.code.as_str(), start);
+            return error_response(status, &e);
+        }
+    };
+    let grant_type = metrics::grant_type_label(params.get("grant_type"));
+    match s.core.token(&auth, &params) {
+        Ok(resp) => {
+            s.metrics.observe("token", grant_type, "ok", start);
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&resp).expect("token response serializes"),
+            )
+        }
+        Err(e) => {
+            s.metrics
+                .observe("token", grant_type, e.code.as_str(), start);
+            tracing::debug!(error = %e, ?auth, "token request refused");
+            error_response(StatusCode::BAD_REQUEST, &e)
+        }
+    }
+}
+
+/// A client-authenticated form endpoint other than the token endpoint: read, call, count.
+async fn form_endpoint(
+    s: &AppState,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    call: impl FnOnce(&ClientAuth, &Params) -> Result<Response, OAuthError>,
+) -> Response {
+    let start = Instant::now();
+    let result = match read_form(headers, body).await {
+        Ok((auth, params)) => call(&auth, &params).map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => {
+            s.metrics.observe(endpoint, "none", "ok", start);
+            resp
+        }
+        Err((status, e)) => {
+            s.metrics.observe(endpoint, "none", e.code.as_str(), start);
+            error_response(status, &e)
+        }
+    }
+}
+
+async fn introspect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    form_endpoint(&s, "introspect", &headers, body, |auth, params| {
+        let v = s.core.introspect(auth, params)?;
+        Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&v).expect("introspection serializes"),
+        ))
+    })
+    .await
+}
+
+async fn revoke(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    form_endpoint(&s, "revoke", &headers, body, |auth, params| {
+        s.core.revoke(auth, params)?;
+        Ok(no_store(StatusCode::OK.into_response()))
+    })
+    .await
+}
+
+async fn metadata(State(s): State<Arc<AppState>>) -> Response {
+    let body = serde_json::to_vec(&s.core.metadata()).expect("metadata serializes");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn jwks(State(s): State<Arc<AppState>>) -> Response {
+    let body = s.core.jwks_json();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            ),
+            // Short enough that a new key reaches verifiers well before it signs.
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60"),
+            ),
+        ],
+        body.as_ref().clone(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
