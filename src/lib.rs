@@ -19,7 +19,23 @@
 //! ## Modules
 //! * [`api`]: the kinds' types and schema rules, nothing else.
 //! * [`k8s`]: glue shared by the reconcilers (conditions).
+//! * [`crypto`]: random secrets, digests, key generation, JWKs, JWT signing; no `kube`.
+//! * [`service_account`]: the ServiceAccount reconcile as pure stages (credentials, rotation,
+//!   Secret layout, status).
+//! * [`signing_keys`]: the lifecycle of the operator's token-signing keys.
+//! * [`store`]: resources to the token core's read model.
+//! * [`token`]: the issuing core (authenticate, authorize, mint, introspect, revoke); no
+//!   `kube`.
+//! * [`http`]: the token server's endpoints (axum).
+//! * [`dev`]: `s2s-operator dev`, everything in one process from manifest files.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod crypto;
+pub mod dev;
+pub mod http;
 pub mod k8s;
+pub mod service_account;
+pub mod signing_keys;
+pub mod store;
+pub mod token;

@@ -1,0 +1,333 @@
+//! `s2s-operator dev`: the controller's reconcile and the token server in one process, with
+//! no cluster. Manifests are read from files; every Secret the controller would create is
+//! written as a mounted-Secret tree, `STATE_DIR/<namespace>/<secret-name>/<key>`; statuses,
+//! ownership and the signing keys persist under the state dir, so nothing is regenerated on
+//! a restart. Manifests are polled and re-applied when they change.
+
+mod manifests;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kube::ResourceExt;
+
+pub use manifests::{Manifests, load};
+use state::StateDir;
+
+use crate::api::conditions::{ConditionStatus, types};
+use crate::crypto::KeyAlgorithm;
+use crate::http::{self, AppState};
+use crate::k8s::conditions::find;
+use crate::service_account::{self, Context, Observed, ObservedSecret, RandomGenerator};
+use crate::signing_keys::Policy;
+use crate::store;
+use crate::token::{Config, Core, SystemClock};
+
+/// Options of `dev`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Manifest files or folders.
+    pub manifests: Vec<PathBuf>,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where credentials and state go.
+    pub state_dir: PathBuf,
+    /// The issuer URL; derived from the listen address when absent.
+    pub issuer: Option<String>,
+    /// Algorithm of the signing keys.
+    pub signing_algorithm: KeyAlgorithm,
+    /// Upper bound on token lifetimes.
+    pub max_token_lifetime: Duration,
+    /// How often the signing key rotates.
+    pub key_rotation: Duration,
+    /// Let grants name audiences no account claims.
+    pub allow_unclaimed_audiences: bool,
+    /// How often manifests are checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// What can stop `dev`.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state dir cannot be used.
+    #[error("state dir {path}: {source}")]
+    State {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signing keys cannot be loaded or made.
+    #[error("signing keys: {0}")]
+    Keys(String),
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The running world of `dev`.
+struct Dev {
+    options: Options,
+    issuer: String,
+    state: StateDir,
+    core: Arc<Core>,
+}
+
+/// Runs `dev` until Ctrl-C (or `shutdown` resolves).
+pub async fn run(
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DevError> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| DevError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| DevError::Listen {
+        addr: options.listen,
+        source,
+    })?;
+    let issuer = options
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let issuer = issuer.trim_end_matches('/').to_owned();
+    let state = StateDir::open(&options.state_dir).map_err(|source| DevError::State {
+        path: options.state_dir.clone(),
+        source,
+    })?;
+    let policy = key_policy(&options);
+    let keys = state::load_signing_keys(&state, &policy, now_unix()).map_err(DevError::Keys)?;
+    let mut config = Config::new(issuer.clone());
+    config.max_token_lifetime = options.max_token_lifetime;
+    let core = Arc::new(Core::new(
+        config,
+        Default::default(),
+        keys,
+        Arc::new(SystemClock),
+    ));
+    let dev = Arc::new(Dev {
+        options,
+        issuer,
+        state,
+        core: core.clone(),
+    });
+
+    let world = load(&dev.options.manifests);
+    let summary = dev.apply(&world);
+    print_banner(&dev, &summary);
+    let app = AppState::new(core);
+    app.set_ready(true);
+
+    let poller = tokio::spawn(watch(dev.clone(), world.fingerprint.clone()));
+    let served = axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    poller.abort();
+    served.map_err(DevError::Serve)
+}
+
+fn key_policy(o: &Options) -> Policy {
+    Policy {
+        algorithm: o.signing_algorithm,
+        rotate_every: o.key_rotation,
+        // One process: the JWKS it serves changes in the same instant, but resource servers
+        // cache it for up to a minute.
+        publish_ahead: Duration::from_secs(90),
+        retire_after: o.max_token_lifetime + Duration::from_secs(60),
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Re-applies manifests when a file changes, and at least every 30 seconds (rotations and
+/// grace periods run on time, not on edits).
+async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
+    let mut since_apply = Duration::ZERO;
+    loop {
+        tokio::time::sleep(dev.options.poll_interval).await;
+        since_apply += dev.options.poll_interval;
+        let current = manifests::fingerprint(&dev.options.manifests);
+        if current != fingerprint || since_apply >= Duration::from_secs(30) {
+            let changed = current != fingerprint;
+            fingerprint = current;
+            since_apply = Duration::ZERO;
+            let world = load(&dev.options.manifests);
+            let summary = dev.apply(&world);
+            if changed {
+                println!(
+                    "manifests changed: {} account(s), {} grant(s) loaded",
+                    summary.len(),
+                    world.grants.len()
+                );
+                for line in &summary {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl Dev {
+    /// Reconciles every account, writes what changed, rotates signing keys if due, and swaps
+    /// the token core's registry. Returns one line per account for people.
+    fn apply(&self, world: &Manifests) -> Vec<String> {
+        for e in &world.errors {
+            eprintln!("warning: {e}");
+        }
+        let now = SystemTime::now();
+        match state::load_signing_keys(&self.state, &key_policy(&self.options), now_unix()) {
+            Ok(keys) => self.core.set_keys(keys),
+            Err(e) => eprintln!("warning: signing keys: {e}"),
+        }
+        let claims = store::audience_claims(&world.accounts);
+        let ctx = Context {
+            issuer: &self.issuer,
+            now,
+        };
+        let mut accounts = Vec::with_capacity(world.accounts.len());
+        let mut lines = vec![];
+        for sa in &world.accounts {
+            let mut sa = sa.clone();
+            let key = store::key_of(&sa);
+            let namespace = sa.namespace().unwrap_or_default();
+            sa.status = self.state.read_status(&namespace, &sa.name_any());
+            let mut observed = Observed {
+                audience_claimed_by: sa
+                    .spec
+                    .api
+                    .as_ref()
+                    .and_then(|a| claims.get(&a.audience))
+                    .filter(|owner| **owner != key)
+                    .cloned(),
+                ..Default::default()
+            };
+            for name in secret_names(&sa) {
+                if let Some(data) = self.state.read_secret(&namespace, &name) {
+                    let controlled =
+                        self.state.owner_of(&namespace, &name).as_deref() == Some(key.as_str());
+                    observed
+                        .secrets
+                        .insert(name, ObservedSecret { data, controlled });
+                }
+            }
+            let plan = service_account::reconcile(&sa, &observed, &ctx, &mut RandomGenerator);
+            for s in &plan.secrets {
+                if let Err(e) = self.state.write_secret(&namespace, &s.name, &key, &s.data) {
+                    eprintln!("warning: {key}: cannot write Secret {}: {e}", s.name);
+                }
+            }
+            for ev in &plan.events {
+                let kind = if ev.warning { "Warning" } else { "Normal" };
+                println!("event {kind} {} {key}: {}", ev.reason, ev.message);
+            }
+            if sa.status.as_ref() != Some(&plan.status)
+                && let Err(e) = self
+                    .state
+                    .write_status(&namespace, &sa.name_any(), &plan.status)
+            {
+                eprintln!("warning: {key}: cannot save status: {e}");
+            }
+            sa.status = Some(plan.status);
+            lines.push(self.describe(&sa));
+            accounts.push(sa);
+        }
+        for g in &world.grants {
+            let ns = g.namespace().unwrap_or_default();
+            let owner = claims
+                .get(&g.spec.audience)
+                .and_then(|o| o.split_once('/'))
+                .map(|(n, _)| n.to_owned());
+            if owner.as_deref() != Some(ns.as_str()) && !self.options.allow_unclaimed_audiences {
+                eprintln!(
+                    "warning: TokenGrant {}: AudienceNotOwned: no ServiceAccount in namespace {ns} claims {}; the grant opens nothing",
+                    store::key_of(g),
+                    g.spec.audience
+                );
+            }
+        }
+        self.core.set_registry(store::build_registry(
+            &accounts,
+            &world.grants,
+            self.options.allow_unclaimed_audiences,
+        ));
+        lines
+    }
+
+    fn describe(&self, sa: &crate::api::ServiceAccount) -> String {
+        let status = sa.status.clone().unwrap_or_default();
+        let ready = find(&status.conditions, types::READY);
+        let readiness = match ready {
+            Some(c) if c.status == ConditionStatus::True => "Ready".to_owned(),
+            Some(c) => format!("NotReady ({}: {})", c.reason, c.message),
+            None => "Unknown".to_owned(),
+        };
+        let namespace = sa.namespace().unwrap_or_default();
+        let creds: Vec<String> = secret_names(sa)
+            .iter()
+            .map(|n| self.state.secret_dir(&namespace, n).display().to_string())
+            .collect();
+        let client = status.client_id.as_deref().unwrap_or("-");
+        let what = if creds.is_empty() {
+            match &sa.spec.api {
+                Some(api) => format!("API {}", api.audience),
+                None => "federated: no stored credentials".to_owned(),
+            }
+        } else {
+            format!("credentials in {}", creds.join(", "))
+        };
+        format!(
+            "  {:<36} {readiness:<8} client_id={client:<36} {what}",
+            store::key_of(sa)
+        )
+    }
+}
+
+/// The Secrets an account's spec names.
+fn secret_names(sa: &crate::api::ServiceAccount) -> Vec<String> {
+    let Some(auth) = &sa.spec.authentication else {
+        return vec![];
+    };
+    let mut names = vec![];
+    if let Some(c) = &auth.client_secret {
+        names.push(c.secret_name.clone());
+    }
+    if let Some(k) = &auth.private_key_jwt {
+        names.push(k.secret_name.clone());
+    }
+    names
+}
+
+fn print_banner(dev: &Dev, accounts: &[String]) {
+    let iss = &dev.issuer;
+    println!(
+        "s2s-operator dev: token server for {} manifest path(s)",
+        dev.options.manifests.len()
+    );
+    println!("  issuer:      {iss}");
+    println!("  token:       {iss}/oauth2/token");
+    println!("  jwks:        {iss}/jwks.json");
+    println!("  discovery:   {iss}/.well-known/openid-configuration");
+    println!("  state dir:   {}", dev.options.state_dir.display());
+    println!("accounts:");
+    for line in accounts {
+        println!("{line}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The `dev` state dir. Secrets are laid out like a mounted Secret volume,
+//! `<dir>/<namespace>/<secret>/<key>`, so a workload example can point at it. Bookkeeping
+//! that a cluster keeps in the API (statuses, which object owns which Secret, the operator's
+//! signing keys) lives under `<dir>/.s2s/`, a name no namespace can have.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::api::ServiceAccountStatus;
+use crate::signing_keys::{self, Policy};
+use crate::token::KeySet;
+
+/// The operator's own namespace in `dev`, where the signing keys Secret lives.
+pub const OPERATOR_NAMESPACE: &str = "s2s-system";
+
+/// A state dir.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) a state dir.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        create_private_dir(&root.join(".s2s"))?;
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Where a Secret's files are.
+    pub fn secret_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(namespace).join(name)
+    }
+
+    /// A Secret's data, if it exists.
+    pub fn read_secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        let dir = self.secret_dir(namespace, name);
+        let entries = std::fs::read_dir(&dir).ok()?;
+        let mut data = BTreeMap::new();
+        for e in entries.flatten() {
+            let key = e.file_name().to_string_lossy().into_owned();
+            if key.starts_with(".tmp-") {
+                continue;
+            }
+            if let Ok(v) = std::fs::read_to_string(e.path()) {
+                data.insert(key, v);
+            }
+        }
+        Some(data)
+    }
+
+    /// Writes a Secret's data (only if it differs), recording `owner` as its controller.
+    /// Each key is replaced atomically; keys not in `data` are removed.
+    pub fn write_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        owner: &str,
+        data: &BTreeMap<String, String>,
+    ) -> io::Result<()> {
+        if self.read_secret(namespace, name).as_ref() == Some(data)
+            && self.owner_of(namespace, name).as_deref() == Some(owner)
+        {
+            return Ok(());
+        }
+        let dir = self.secret_dir(namespace, name);
+        create_private_dir(&dir)?;
+        for (k, v) in data {
+            write_private(&dir.join(k), v.as_bytes())?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if !data.contains_key(e.file_name().to_string_lossy().as_ref()) {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+        let mut owners = self.owners();
+        owners.insert(format!("{namespace}/{name}"), owner.to_owned());
+        write_private(
+            &self.root.join(".s2s/owners.json"),
+            &serde_json::to_vec_pretty(&owners).expect("JSON"),
+        )
+    }
+
+    fn owners(&self) -> BTreeMap<String, String> {
+        std::fs::read(self.root.join(".s2s/owners.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// `namespace/name` of the object that controls a Secret.
+    pub fn owner_of(&self, namespace: &str, name: &str) -> Option<String> {
+        self.owners().remove(&format!("{namespace}/{name}"))
+    }
+
+    fn status_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join(".s2s/status/serviceaccounts")
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    /// A ServiceAccount's saved status.
+    pub fn read_status(&self, namespace: &str, name: &str) -> Option<ServiceAccountStatus> {
+        serde_json::from_slice(&std::fs::read(self.status_path(namespace, name)).ok()?).ok()
+    }
+
+    /// Saves a ServiceAccount's status.
+    pub fn write_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &ServiceAccountStatus,
+    ) -> io::Result<()> {
+        let path = self.status_path(namespace, name);
+        create_private_dir(path.parent().expect("has a parent"))?;
+        write_private(
+            &path,
+            &serde_json::to_vec_pretty(status).expect("status serializes"),
+        )
+    }
+}
+
+/// Loads the signing keys, running their lifecycle plan and saving it if it changed.
+pub fn load_signing_keys(state: &StateDir, policy: &Policy, now: u64) -> Result<KeySet, String> {
+    let name = signing_keys::SECRET_NAME;
+    let data = state
+        .read_secret(OPERATOR_NAMESPACE, name)
+        .unwrap_or_default();
+    let records = signing_keys::from_data(&data).map_err(|e| e.to_string())?;
+    let (records, changed) = signing_keys::plan(records, policy, now, crate::crypto::generate_key)
+        .map_err(|e| e.to_string())?;
+    if changed {
+        state
+            .write_secret(
+                OPERATOR_NAMESPACE,
+                name,
+                "s2s-operator",
+                &signing_keys::to_data(&records),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    let (signer, published) = signing_keys::keys_at(&records, now).map_err(|e| e.to_string())?;
+    KeySet::new(signer, published).map_err(|e| e.to_string())
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes a file readable by its owner only, atomically (temporary file, then rename).
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("has a parent");
+    let tmp = dir.join(format!(
+        ".tmp-{}",
+        path.file_name().expect("has a name").to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)
+}
