@@ -237,35 +237,38 @@ fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
 
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::Builder::new().name("server".into()).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let core = Arc::new(Core::new(
-                Config::new(format!("http://{addr}")),
-                registry,
-                keys,
-                Arc::new(SystemClock),
-            ));
-            let state = AppState::new(core);
-            state.set_ready(true);
-            // "<pid>/task/<tid>": lets the client read this thread's CPU time.
-            let me = std::fs::read_link("/proc/thread-self")
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            addr_tx.send((addr, me)).unwrap();
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
+    let server = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
                 .unwrap();
-        });
-    }).unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let core = Arc::new(Core::new(
+                    Config::new(format!("http://{addr}")),
+                    registry,
+                    keys,
+                    Arc::new(SystemClock),
+                ));
+                let state = AppState::new(core);
+                state.set_ready(true);
+                // "<pid>/task/<tid>": lets the client read this thread's CPU time.
+                let me = std::fs::read_link("/proc/thread-self")
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                addr_tx.send((addr, me)).unwrap();
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        })
+        .unwrap();
     let (addr, server_thread) = addr_rx.recv().unwrap();
     let auth = format!("Basic {}", STANDARD.encode(format!("{client_id}:{secret}")));
     let body = Bytes::from_static(b"grant_type=client_credentials&scope=orders%3Aread");
