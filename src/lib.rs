@@ -18,7 +18,7 @@
 //!
 //! ## Modules
 //! * [`api`]: the kinds' types and schema rules, nothing else.
-//! * [`k8s`]: glue shared by the reconcilers (conditions).
+//! * [`k8s`]: glue shared by the reconcilers (labels, ownership, conditions, Lease, errors).
 //! * [`crypto`]: random secrets, digests, key generation, JWKs, JWT signing; no `kube`.
 //! * [`service_account`]: the ServiceAccount reconcile as pure stages (credentials, rotation,
 //!   Secret layout, status).
@@ -27,10 +27,14 @@
 //! * [`token`]: the issuing core (authenticate, authorize, mint, introspect, revoke); no
 //!   `kube`.
 //! * [`http`]: the token server's endpoints (axum).
+//! * [`token_server`]: `s2s-operator token-server`: the core fed by watches, over HTTP(S).
+//! * [`controller`]: `s2s-operator controller`: leader election, the ServiceAccount
+//!   controller and the signing-key manager against the Kubernetes API.
 //! * [`dev`]: `s2s-operator dev`, everything in one process from manifest files.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod crypto;
 pub mod dev;
 pub mod http;
@@ -39,3 +43,4 @@ pub mod service_account;
 pub mod signing_keys;
 pub mod store;
 pub mod token;
+pub mod token_server;

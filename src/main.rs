@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use s2s_operator::{api, crypto::KeyAlgorithm, dev};
+use s2s_operator::{
+    api, controller, crypto::KeyAlgorithm, dev, k8s, signing_keys, token, token_server,
+};
 
 /// Service-to-service authentication for Kubernetes.
 #[derive(Parser, Debug)]
@@ -21,6 +23,10 @@ struct Cli {
 enum Command {
     /// Controller logic and token server in one process, from YAML manifests, with no cluster.
     Dev(DevArgs),
+    /// Reconcile ServiceAccounts into Secrets and keep the signing keys (leader-elected).
+    Controller(ControllerArgs),
+    /// The OAuth 2.0 token server, fed by watches of the cluster's resources.
+    TokenServer(TokenServerArgs),
     /// Print the CustomResourceDefinitions (the source of `crds/`).
     Crdgen {
         /// Write one file per kind into this folder instead of printing them.
@@ -53,6 +59,98 @@ struct DevArgs {
     /// How often the signing key rotates (Go duration).
     #[arg(long, env = "S2S_KEY_ROTATION", default_value = "720h", value_parser = parse_duration)]
     key_rotation: Duration,
+    /// Let TokenGrants name audiences that no ServiceAccount claims.
+    #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
+    allow_unclaimed_audiences: bool,
+}
+
+/// Settings shared by `controller` and `token-server`. The cluster is reached as kubectl
+/// would: in a Pod its service account, else `KUBECONFIG` or `~/.kube/config`.
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// The operator namespace (signing keys, leader Lease); else `POD_NAMESPACE`, else
+    /// `s2s-system`.
+    #[arg(long, env = "S2S_NAMESPACE")]
+    namespace: Option<String>,
+    /// Issuer URL (`iss` of every token, base of the token URL written into Secrets); by
+    /// default `https://s2s-operator.<namespace>.svc`.
+    #[arg(long, env = "S2S_ISSUER")]
+    issuer: Option<String>,
+    /// Upper bound on every token's lifetime (Go duration, at most 24h); signing keys stay
+    /// published this long (plus skew) after they stop signing.
+    #[arg(long, env = "S2S_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    max_token_lifetime: Duration,
+}
+
+impl ClusterArgs {
+    fn namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "s2s-system".into())
+    }
+
+    fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("https://s2s-operator.{}.svc", self.namespace()))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ControllerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "S2S_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    health_listen: SocketAddr,
+    /// Algorithm of new token-signing keys.
+    #[arg(long, env = "S2S_SIGNING_ALGORITHM", value_enum, default_value_t = Alg::Es256)]
+    signing_algorithm: Alg,
+    /// How often the token-signing key rotates (Go duration).
+    #[arg(long, env = "S2S_KEY_ROTATION", default_value = "720h", value_parser = parse_duration)]
+    key_rotation: Duration,
+    /// How long a new signing key is published in the JWKS before it signs (Go duration);
+    /// longer than resource servers cache the JWKS.
+    #[arg(long, env = "S2S_KEY_PUBLISH_AHEAD", default_value = "15m", value_parser = parse_duration)]
+    key_publish_ahead: Duration,
+    /// This replica's name in the leader Lease; else `POD_NAME`, else host name and pid.
+    #[arg(long, env = "S2S_IDENTITY")]
+    identity: Option<String>,
+    /// How long the leader Lease is valid after a renewal (Go duration).
+    #[arg(long, env = "S2S_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// A leader that could not renew for this long stops acting (Go duration).
+    #[arg(long, env = "S2S_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    lease_renew_deadline: Duration,
+    /// How often the Lease is renewed or retried (Go duration).
+    #[arg(long, env = "S2S_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    lease_retry_period: Duration,
+    /// How many ServiceAccounts are reconciled at once.
+    #[arg(long, env = "S2S_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenServerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Address to serve on.
+    #[arg(long, env = "S2S_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// TLS certificate chain (PEM); re-read when the file changes. Without it and
+    /// `--tls-key`, plain HTTP.
+    #[arg(long, env = "S2S_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "S2S_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Let TokenGrants name audiences that no ServiceAccount claims.
     #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
     allow_unclaimed_audiences: bool,
@@ -97,7 +195,144 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crdgen { output_dir } => crdgen(output_dir),
         Command::Dev(args) => run_dev(args),
+        Command::Controller(args) => run_cluster(|client, stop| controller(client, args, stop)),
+        Command::TokenServer(args) => run_cluster(|client, stop| token_server(client, args, stop)),
     }
+}
+
+/// Runs a cluster mode: tracing, a runtime, a client, and a stop signal on SIGTERM or
+/// Ctrl-C.
+fn run_cluster<F, Fut>(mode: F) -> ExitCode
+where
+    F: FnOnce(kube::Client, controller::Stop) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("cannot reach the cluster: {e}"))?;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            terminated().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        mode(client, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes stopping the Pod) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn controller(
+    client: kube::Client,
+    args: ControllerArgs,
+    stop: controller::Stop,
+) -> Result<(), String> {
+    let options = controller::Options {
+        namespace: args.cluster.namespace(),
+        issuer: args.cluster.issuer(),
+        key_policy: signing_keys::Policy {
+            algorithm: args.signing_algorithm.into(),
+            rotate_every: args.key_rotation,
+            publish_ahead: args.key_publish_ahead,
+            retire_after: args.cluster.max_token_lifetime + token::Config::new("").clock_skew,
+        },
+        identity: args.identity.unwrap_or_else(controller::default_identity),
+        lease: k8s::lease::Timing {
+            lease_duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            renew_every: args.lease_retry_period,
+        },
+        concurrency: args.concurrency,
+    };
+    let metrics = std::sync::Arc::new(controller::Metrics::new());
+    let (leading_tx, _) = tokio::sync::watch::channel(false);
+    // Ready once the first election attempt has answered (leading or standing by): a standby
+    // replica is healthy, and the token-server beside it must stay in the Service.
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let mut first = leading_tx.subscribe();
+    tokio::spawn(async move {
+        if first.changed().await.is_ok() {
+            let _ = ready_tx.send(true);
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.health_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.health_listen))?;
+    let health = controller::health_router(metrics.clone(), ready);
+    let health_stop = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, health)
+            .with_graceful_shutdown(controller::stopped(health_stop))
+            .await;
+    });
+    tracing::info!(namespace = %options.namespace, identity = %options.identity, "controller starting");
+    controller::run(
+        client,
+        options,
+        std::sync::Arc::new(token::SystemClock),
+        metrics,
+        leading_tx,
+        stop,
+    )
+    .await;
+    Ok(())
+}
+
+async fn token_server(
+    client: kube::Client,
+    args: TokenServerArgs,
+    stop: controller::Stop,
+) -> Result<(), String> {
+    let options = token_server::Options {
+        namespace: args.cluster.namespace(),
+        issuer: args.cluster.issuer(),
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+        max_token_lifetime: args.cluster.max_token_lifetime,
+        allow_unclaimed_audiences: args.allow_unclaimed_audiences,
+    };
+    token_server::run(
+        client,
+        options,
+        std::sync::Arc::new(token::SystemClock),
+        stop,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 fn init_tracing() {

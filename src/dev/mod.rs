@@ -21,7 +21,9 @@ use crate::api::conditions::{ConditionStatus, types};
 use crate::crypto::KeyAlgorithm;
 use crate::http::{self, AppState};
 use crate::k8s::conditions::find;
-use crate::service_account::{self, Context, Observed, ObservedSecret, RandomGenerator};
+use crate::service_account::{
+    self, Context, Observed, ObservedSecret, RandomGenerator, secret_names,
+};
 use crate::signing_keys::Policy;
 use crate::store;
 use crate::token::{Config, Core, SystemClock};
@@ -298,21 +300,6 @@ impl Dev {
             store::key_of(sa)
         )
     }
-}
-
-/// The Secrets an account's spec names.
-fn secret_names(sa: &crate::api::ServiceAccount) -> Vec<String> {
-    let Some(auth) = &sa.spec.authentication else {
-        return vec![];
-    };
-    let mut names = vec![];
-    if let Some(c) = &auth.client_secret {
-        names.push(c.secret_name.clone());
-    }
-    if let Some(k) = &auth.private_key_jwt {
-        names.push(k.secret_name.clone());
-    }
-    names
 }
 
 fn print_banner(dev: &Dev, accounts: &[String]) {

@@ -138,8 +138,28 @@ fn error_response(status: StatusCode, err: &OAuthError) -> Response {
     resp
 }
 
+/// The answer while the read model is not loaded: nothing is issued or judged from a
+/// partial view (an account not yet seen would look unknown).
+fn not_ready(s: &AppState, endpoint: &str, start: Instant) -> Option<Response> {
+    if s.ready.load(Ordering::Acquire) {
+        return None;
+    }
+    let e = OAuthError::new(
+        ErrorCode::TemporarilyUnavailable,
+        "the token server is starting; retry shortly",
+    );
+    s.metrics.observe(endpoint, "none", e.code.as_str(), start);
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, &e);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Some(resp)
+}
+
 async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
+    if let Some(resp) = not_ready(&s, "token", start) {
+        return resp;
+    }
     let (auth, params) = match read_form(&headers, body).await {
         Ok(x) => x,
         Err((status, e)) => {
@@ -175,6 +195,9 @@ async fn form_endpoint(
     call: impl FnOnce(&ClientAuth, &Params) -> Result<Response, OAuthError>,
 ) -> Response {
     let start = Instant::now();
+    if let Some(resp) = not_ready(s, endpoint, start) {
+        return resp;
+    }
     let result = match read_form(headers, body).await {
         Ok((auth, params)) => call(&auth, &params).map_err(|e| (StatusCode::BAD_REQUEST, e)),
         Err(e) => Err(e),
@@ -223,6 +246,13 @@ async fn metadata(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn jwks(State(s): State<Arc<AppState>>) -> Response {
+    if !s.ready.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signing keys not loaded yet",
+        )
+            .into_response();
+    }
     let body = s.core.jwks_json();
     (
         [

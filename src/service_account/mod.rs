@@ -8,6 +8,7 @@
 //! grace period.
 
 mod checks;
+pub mod controller;
 pub mod secret;
 
 use std::collections::BTreeMap;
@@ -138,6 +139,8 @@ pub mod event_reasons {
     pub const RETIRED: &str = "CredentialRetired";
     /// Key generation failed.
     pub const GENERATION_FAILED: &str = "GenerationFailed";
+    /// A credential found in the Secret was kept although the status did not record it.
+    pub const ADOPTED: &str = "CredentialAdopted";
 }
 
 /// Turns a [`SystemTime`] into a Kubernetes timestamp.
@@ -201,7 +204,17 @@ pub fn reconcile(
 
     let auth = sa.spec.authentication.as_ref();
     if auth.is_some() && status.client_id.is_none() {
-        status.client_id = Some(g.client_id());
+        // A Secret we control may already hold our client id (status lost): keep it.
+        let adopted = secret_names(sa).into_iter().find_map(|name| {
+            observed
+                .secrets
+                .get(&name)
+                .filter(|s| s.controlled)
+                .and_then(|s| s.data.get(secret::keys::CLIENT_ID))
+                .filter(|id| !id.is_empty())
+                .cloned()
+        });
+        status.client_id = Some(adopted.unwrap_or_else(|| g.client_id()));
     }
     let client_id = status.client_id.clone().unwrap_or_default();
 
@@ -246,7 +259,27 @@ pub fn reconcile(
             continue;
         }
         let data = observed_secret.map(|s| &s.data);
-        let current_material = old_current.and_then(|c| secret::read_current(ty, c, data, alg));
+        let adopted = if old_current.is_none() {
+            secret::adopt(ty, data, alg, now_t.clone())
+        } else {
+            None
+        };
+        if adopted.is_some() {
+            events.push(Event {
+                warning: false,
+                reason: event_reasons::ADOPTED,
+                message: format!(
+                    "the {} in Secret {secret_name} was kept: the status did not record it",
+                    ty.noun()
+                ),
+            });
+        }
+        let (adopted_verifier, adopted_material) = adopted.unzip();
+        let old_current = old_current.or(adopted_verifier.as_ref());
+        let current_material = match adopted_material {
+            Some(m) => Some(m),
+            None => old_current.and_then(|c| secret::read_current(ty, c, data, alg)),
+        };
         let previous_material = old_previous
             .filter(|p| p.not_after.as_ref().is_some_and(|t| from_time(t) > ctx.now))
             .and_then(|p| secret::read_previous(ty, p, data));
@@ -263,7 +296,7 @@ pub fn reconcile(
                 from_time(&c.created),
                 rotate_every.map(|d| d.as_std()),
                 ctx.now,
-            ) || rotate_requested
+            ) || (rotate_requested && adopted_verifier.is_none())
                 || checks::algorithm_changed(c, alg)
         });
         let (current, current_mat, previous, previous_mat) = match (old_current, current_material) {
@@ -445,6 +478,21 @@ pub fn reconcile(
         events,
         requeue_after: requeue,
     }
+}
+
+/// The Secrets an account's spec names.
+pub fn secret_names(sa: &ServiceAccount) -> Vec<String> {
+    let Some(auth) = &sa.spec.authentication else {
+        return vec![];
+    };
+    let mut names = vec![];
+    if let Some(c) = &auth.client_secret {
+        names.push(c.secret_name.clone());
+    }
+    if let Some(k) = &auth.private_key_jwt {
+        names.push(k.secret_name.clone());
+    }
+    names
 }
 
 impl CredentialType {

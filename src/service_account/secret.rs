@@ -151,6 +151,60 @@ fn read(
     }
 }
 
+/// A credential found in a Secret this account controls while its status does not know it:
+/// the status was lost (a restore from backup restores no status) or its write failed after
+/// the Secret was written. The material is adopted with a fresh verifier rather than
+/// regenerated, because workloads may already use it.
+pub(super) fn adopt(
+    ty: CredentialType,
+    data: Option<&BTreeMap<String, String>>,
+    alg: Option<KeyAlgorithm>,
+    now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<(CredentialVerifier, Material)> {
+    let data = data?;
+    match ty {
+        CredentialType::ClientSecret => {
+            let s = data.get(keys::CLIENT_SECRET)?;
+            if s.is_empty() {
+                return None;
+            }
+            let v = CredentialVerifier {
+                id: crypto::random_token_id(),
+                type_: ty,
+                created: now,
+                not_after: None,
+                secret_digest: Some(crypto::secret_digest(s)),
+                public_key: None,
+            };
+            Some((v, Material::Secret(s.clone())))
+        }
+        CredentialType::PrivateKey => {
+            let alg = alg.unwrap_or_default();
+            let kid = data.get(keys::KEY_ID)?;
+            let pem = data.get(keys::PRIVATE_KEY_PEM)?;
+            let key = SigningKey::from_pem(alg, kid.clone(), pem).ok()?;
+            let v = CredentialVerifier {
+                id: kid.clone(),
+                type_: ty,
+                created: now,
+                not_after: None,
+                secret_digest: None,
+                public_key: Some(key.public_jwk()),
+            };
+            let jwk = data.get(keys::PRIVATE_KEY_JWK).cloned().unwrap_or_default();
+            Some((
+                v,
+                Material::Key {
+                    kid: kid.clone(),
+                    pem: pem.clone(),
+                    jwk,
+                    alg,
+                },
+            ))
+        }
+    }
+}
+
 fn same_public_key(a: &crypto::Jwk, b: &crypto::Jwk) -> bool {
     a.kty == b.kty && a.crv == b.crv && a.x == b.x && a.y == b.y && a.n == b.n && a.e == b.e
 }

@@ -331,3 +331,63 @@ fn changing_the_key_algorithm_rotates_the_key() {
             .contains_key("private_key.pem.previous")
     );
 }
+
+#[test]
+fn a_lost_status_adopts_what_the_secrets_hold_instead_of_regenerating() {
+    let mut sa = account(BOTH);
+    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "1".to_owned())].into());
+    let mut observed = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &observed, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut observed, &first);
+    let written = first.secrets.clone();
+    let client_id = first.status.client_id.clone();
+
+    // The status is gone (restored from a backup, or its write failed after the Secrets).
+    sa.status = None;
+    let mut g2 = Counting::default();
+    let plan = reconcile(&sa, &observed, &ctx(t0() + H), &mut g2);
+    assert_eq!(
+        (g2.ids, g2.secrets, g2.keys),
+        (0, 0, 0),
+        "nothing regenerated"
+    );
+    assert_eq!(plan.status.client_id, client_id);
+    assert_eq!(plan.secrets, written, "the Secrets stay as they are");
+    assert_eq!(plan.status.credentials.len(), 2);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.reason == event_reasons::ADOPTED)
+    );
+    assert_eq!(ready(&plan.status).0, ConditionStatus::True);
+    // The adopted verifiers really verify the Secret's material.
+    let secret = &written
+        .iter()
+        .find(|s| s.name == "worker-secret")
+        .unwrap()
+        .data;
+    let digest = plan
+        .status
+        .credentials
+        .iter()
+        .find_map(|c| c.secret_digest.clone())
+        .unwrap();
+    assert!(crypto::verify_secret(&secret["client_secret"], &digest));
+    // An annotation that was already there is not a new rotation request.
+    apply(&mut sa, &mut observed, &plan);
+    let again = reconcile(&sa, &observed, &ctx(t0() + H), &mut g2);
+    assert_eq!((g2.secrets, g2.keys), (0, 0));
+    assert_eq!(again.status.credentials, plan.status.credentials);
+
+    // A Secret we do not control is never adopted from.
+    let mut foreign = observed.clone();
+    for s in foreign.secrets.values_mut() {
+        s.controlled = false;
+    }
+    sa.status = None;
+    let mut g3 = Counting::default();
+    let plan = reconcile(&sa, &foreign, &ctx(t0() + H), &mut g3);
+    assert_ne!(plan.status.client_id, client_id);
+    assert_eq!(ready(&plan.status).1, reasons::SECRET_CONFLICT);
+}

@@ -6,6 +6,8 @@
 //! `retire_after` (the longest token lifetime plus skew), so every token it signed still
 //! verifies. Several token-server replicas agree because they read the same records.
 
+pub mod controller;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -208,6 +210,17 @@ pub fn next_change(records: &[KeyRecord], policy: &Policy, now: u64) -> Option<u
     times.into_iter().filter(|t| *t > now).min()
 }
 
+/// When what [`keys_at`] answers next changes by itself (a key activates or retires): a
+/// token server re-reads its keys then, even if the Secret did not change.
+pub fn next_transition(records: &[KeyRecord], now: u64) -> Option<u64> {
+    records
+        .iter()
+        .flat_map(|r| [Some(r.activates_at), r.retires_at])
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +265,7 @@ mod tests {
             Some(1600)
         );
         assert_eq!(next_change(&r, &policy(), 1100), Some(1600));
+        assert_eq!(next_transition(&r, 1100), Some(1600));
 
         let (r, _) = step(r, 1600);
         assert_eq!(r.len(), 1);

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     InvalidTarget,
     /// RFC 7009 §2.2.1: the token type cannot be revoked.
     UnsupportedTokenType,
+    /// The server cannot answer yet (its read model is not loaded); retry shortly.
+    TemporarilyUnavailable,
 }
 
 impl ErrorCode {
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
             Self::UnsupportedTokenType => "unsupported_token_type",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
 }

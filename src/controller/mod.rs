@@ -1,0 +1,160 @@
+//! `s2s-operator controller`: reconciles ServiceAccounts into Secrets and status, and keeps
+//! the token-signing keys — only while holding the leader Lease. Replicas that do not lead
+//! wait; a leader that loses the Lease stops its work before anyone else may start theirs.
+//!
+//! Inside the lead: a kube-runtime `Controller` over ServiceAccounts that owns the Secrets
+//! it writes (watched by label), and the signing-key manager.
+
+mod metrics;
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+pub use metrics::{Metrics, health_router};
+
+use crate::api::ServiceAccount;
+use crate::k8s::lease::{Elector, Timing};
+use crate::k8s::{self, FIELD_MANAGER};
+use crate::service_account::controller::{self as sa_controller, Ctx};
+use crate::signing_keys::Policy;
+use crate::signing_keys::controller::KeyManager;
+use crate::token::Clock;
+
+/// Name of the leader Lease in the operator namespace.
+pub const LEASE_NAME: &str = "s2s-operator-controller";
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The operator namespace (signing keys, Lease).
+    pub namespace: String,
+    /// The issuer URL written into credentials Secrets.
+    pub issuer: String,
+    /// Signing-key rotation.
+    pub key_policy: Policy,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Lease timing.
+    pub lease: Timing,
+    /// How many accounts are reconciled at once.
+    pub concurrency: u16,
+}
+
+/// A stop signal shared by every task: `true` once shutdown began.
+pub type Stop = watch::Receiver<bool>;
+
+/// Resolves once `stop` says so (or its sender is gone).
+pub async fn stopped(mut stop: Stop) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the controller until `stop`. Returns once the work has stopped and the Lease is
+/// released.
+pub async fn run(
+    client: Client,
+    options: Options,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    leading_tx: watch::Sender<bool>,
+    stop: Stop,
+) {
+    let elector = Elector::new(
+        client.clone(),
+        &options.namespace,
+        LEASE_NAME,
+        &options.identity,
+        options.lease.clone(),
+    );
+    let mut leading = leading_tx.subscribe();
+    // The elector stops only after the work has: the Lease is never released while we act.
+    let (elector_stop_tx, elector_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let election = tokio::spawn(elector.run(leading_tx, async move {
+        let _ = elector_stop_rx.await;
+    }));
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+            () = stopped(stop.clone()) => break,
+        }
+        metrics.leader.set(1);
+        let work = tokio::spawn(lead(
+            client.clone(),
+            options.clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
+        tokio::select! {
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("no longer leading: stopping work"),
+            () = stopped(stop.clone()) => {}
+        }
+        work.abort();
+        let _ = work.await;
+        metrics.leader.set(0);
+        if *stop.borrow() {
+            break;
+        }
+    }
+    let _ = elector_stop_tx.send(());
+    let _ = election.await;
+}
+
+/// What the leader does: the ServiceAccount controller and the key manager, until aborted.
+async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) {
+    let accounts: Api<ServiceAccount> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let controller = Controller::new(accounts, watcher::Config::default());
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        issuer: options.issuer.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        accounts: controller.store(),
+        clock: clock.clone(),
+        failures: Mutex::new(Default::default()),
+        metrics,
+    });
+    let accounts_loop = controller
+        .owns(
+            secrets,
+            watcher::Config::default().labels(&k8s::managed_selector()),
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
+        .run(sa_controller::reconcile, sa_controller::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
+    tokio::join!(accounts_loop, keys);
+}
+
+/// This replica's identity: `POD_NAME`, else the host name and process id.
+pub fn default_identity() -> String {
+    if let Ok(p) = std::env::var("POD_NAME")
+        && !p.is_empty()
+    {
+        return p;
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "s2s-operator".into());
+    format!("{host}-{}", std::process::id())
+}

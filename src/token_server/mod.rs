@@ -1,0 +1,293 @@
+//! `s2s-operator token-server`: the token core fed by watches. Reflector stores hold every
+//! ServiceAccount (verifiers come from their status), TokenGrant and TrustedIssuer, and the
+//! operator's signing-key Secret; any change rebuilds the read model and swaps it in whole.
+//! No request ever calls the API, and the server reads no workload Secret.
+//!
+//! `/readyz` and the token endpoints answer only once every store has synced and the
+//! signing keys are loaded. The keys in force are recomputed when one activates or retires,
+//! so every replica switches at the same instant.
+
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::controller::{Stop, stopped};
+use crate::http::{self, AppState};
+use crate::signing_keys::{self, SECRET_NAME};
+use crate::store;
+use crate::token::{Clock, Config, Core, KeySet};
+
+/// Settings of the token server.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The operator namespace (signing keys).
+    pub namespace: String,
+    /// The issuer URL.
+    pub issuer: String,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// TLS certificate chain and key (PEM files); plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Upper bound on token lifetimes.
+    pub max_token_lifetime: Duration,
+    /// Let grants name audiences no account claims.
+    pub allow_unclaimed_audiences: bool,
+}
+
+/// What can stop the token server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The read side: stores and the state they feed.
+struct Model {
+    accounts: Store<ServiceAccount>,
+    grants: Store<TokenGrant>,
+    issuers: Store<TrustedIssuer>,
+    keys: Store<Secret>,
+    state: Arc<AppState>,
+    clock: Arc<dyn Clock>,
+    allow_unclaimed_audiences: bool,
+}
+
+/// Runs the token server until `stop`. `bound` receives the local address once listening.
+pub async fn run(
+    client: Client,
+    options: Options,
+    clock: Arc<dyn Clock>,
+    stop: Stop,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    let tls = match &options.tls {
+        Some((cert, key)) => {
+            Some(tls::Reloading::new(cert.clone(), key.clone()).map_err(ServeError::Tls)?)
+        }
+        None => None,
+    };
+
+    let mut config = Config::new(options.issuer.trim_end_matches('/'));
+    config.max_token_lifetime = options.max_token_lifetime;
+    // A throwaway key until the real ones load; nothing is served before that (not ready).
+    let placeholder = crate::crypto::generate_key(Default::default())
+        .and_then(|k| {
+            crate::crypto::SigningKey::from_pem(Default::default(), k.kid, &k.private_pem)
+        })
+        .and_then(|k| KeySet::new(k, vec![]))
+        .map_err(|e| ServeError::Tls(format!("cannot create a key: {e}")))?;
+    let core = Arc::new(Core::new(
+        config,
+        Default::default(),
+        placeholder,
+        clock.clone(),
+    ));
+    let state = AppState::new(core);
+
+    let changed = Arc::new(Notify::new());
+    let (accounts, accounts_w) = reflector::store();
+    let (grants, grants_w) = reflector::store();
+    let (issuers, issuers_w) = reflector::store();
+    let (keys, keys_w) = reflector::store();
+    let watches = futures::future::join4(
+        drive(
+            reflector::reflector(
+                accounts_w,
+                watcher(
+                    Api::<ServiceAccount>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            ),
+            &changed,
+        ),
+        drive(
+            reflector::reflector(
+                grants_w,
+                watcher(
+                    Api::<TokenGrant>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            ),
+            &changed,
+        ),
+        drive(
+            reflector::reflector(
+                issuers_w,
+                watcher(
+                    Api::<TrustedIssuer>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            ),
+            &changed,
+        ),
+        drive(
+            reflector::reflector(
+                keys_w,
+                watcher(
+                    Api::<Secret>::namespaced(client.clone(), &options.namespace),
+                    watcher::Config::default().fields(&format!("metadata.name={SECRET_NAME}")),
+                ),
+            ),
+            &changed,
+        ),
+    );
+    let model = Model {
+        accounts,
+        grants,
+        issuers,
+        keys,
+        state: state.clone(),
+        clock,
+        allow_unclaimed_audiences: options.allow_unclaimed_audiences,
+    };
+    let refresh = model.refresh_on(changed.clone());
+
+    let router = http::router(state);
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+    tracing::info!(%local, tls = tls.is_some(), "token server listening");
+    let serve = async {
+        match tls {
+            Some(tls) => tls::serve(listener, tls, router, stopped(stop.clone())).await,
+            None => axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(stop.clone()))
+                .await
+                .map_err(ServeError::Serve),
+        }
+    };
+    tokio::select! {
+        r = serve => r,
+        () = async { tokio::join!(watches, refresh); } => Ok(()),
+    }
+}
+
+/// Drives a reflector's watch stream (with backoff), waking the refresher on every event.
+async fn drive<K, S>(stream: S, changed: &Notify)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::warn!(error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+impl Model {
+    /// Rebuilds on every change (coalescing bursts), and when a key activates or retires.
+    async fn refresh_on(self, changed: Arc<Notify>) {
+        let _ = self.accounts.wait_until_ready().await;
+        let _ = self.grants.wait_until_ready().await;
+        let _ = self.issuers.wait_until_ready().await;
+        let _ = self.keys.wait_until_ready().await;
+        loop {
+            let wait = self.rebuild();
+            tokio::select! {
+                () = changed.notified() => {
+                    // Coalesce a burst of events into one rebuild.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Swaps in a new registry and key set. Returns when to look again even if nothing
+    /// changes: when a key activates or retires, or soon while the keys are missing.
+    fn rebuild(&self) -> Duration {
+        let accounts: Vec<ServiceAccount> = self
+            .accounts
+            .state()
+            .iter()
+            .map(|a| a.as_ref().clone())
+            .collect();
+        let grants: Vec<TokenGrant> = self
+            .grants
+            .state()
+            .iter()
+            .map(|g| g.as_ref().clone())
+            .collect();
+        let registry = store::build_registry(&accounts, &grants, self.allow_unclaimed_audiences);
+        self.state.core.set_registry(registry);
+
+        let now = self
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match self.load_keys(now) {
+            Ok(next) => {
+                // Ready once the keys are in; a later bad update keeps the last good keys.
+                if !self.state.ready.load(Ordering::Acquire) {
+                    tracing::info!(
+                        accounts = accounts.len(),
+                        grants = grants.len(),
+                        "token server ready"
+                    );
+                    self.state.set_ready(true);
+                }
+                next
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "signing keys not usable yet");
+                Duration::from_secs(5)
+            }
+        }
+    }
+
+    fn load_keys(&self, now: u64) -> Result<Duration, String> {
+        let secret = self
+            .keys
+            .state()
+            .into_iter()
+            .next()
+            .ok_or("waiting for the controller to create them")?;
+        let records = signing_keys::from_data(&crate::k8s::secret_strings(&secret))
+            .map_err(|e| e.to_string())?;
+        let (signer, published) =
+            signing_keys::keys_at(&records, now).map_err(|e| e.to_string())?;
+        let keys = KeySet::new(signer, published).map_err(|e| e.to_string())?;
+        self.state.core.set_keys(keys);
+        Ok(signing_keys::next_transition(&records, now)
+            .map(|t| Duration::from_secs(t.saturating_sub(now).max(1)))
+            .unwrap_or(Duration::from_secs(300)))
+    }
+}
