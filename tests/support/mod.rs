@@ -2,6 +2,7 @@
 //! dir, read what it prints and the credentials it writes, and verify its tokens with a JWT
 //! library other than the one the server uses.
 #![allow(dead_code)]
+pub mod apiserver;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -14,6 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jwt_simple::prelude::*;
 use serde_json::Value;
+
+pub mod scenario;
 
 /// A running `s2s-operator dev`.
 pub struct DevServer {

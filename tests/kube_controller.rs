@@ -1,0 +1,542 @@
+//! The controller and the token server, in process, against the in-process API stand-in
+//! (`tests/support/apiserver`): the real kube-runtime Controller, reflectors and Lease
+//! election talking HTTP semantics to a stateful fake, and the token server over real HTTP.
+//! Every request is recorded, so the chart's RBAC is checked against what the code really
+//! does.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::PostParams;
+use kube::{Api, Client};
+use s2s_operator::controller::{self, Metrics};
+use s2s_operator::crypto::KeyAlgorithm;
+use s2s_operator::k8s::lease::Timing;
+use s2s_operator::signing_keys::Policy;
+use s2s_operator::token::SystemClock;
+use s2s_operator::token_server;
+use serde_json::{Value, json};
+use support::apiserver::ApiServer;
+use support::scenario::{self, Waits, eventually};
+use tokio::sync::watch;
+
+const OP_NS: &str = "s2s-system";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn create_namespace(admin: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(admin.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns).await.unwrap();
+}
+
+fn key_policy(rotate_every: Duration) -> Policy {
+    Policy {
+        algorithm: KeyAlgorithm::ES256,
+        rotate_every,
+        publish_ahead: Duration::from_secs(2),
+        retire_after: Duration::from_secs(3),
+    }
+}
+
+fn fast_lease() -> Timing {
+    Timing {
+        lease_duration: Duration::from_millis(2000),
+        renew_deadline: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(250),
+    }
+}
+
+/// A controller replica running in this process.
+struct Replica {
+    stop: watch::Sender<bool>,
+    leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_controller(client: Client, identity: &str, issuer: &str, policy: Policy) -> Replica {
+    let (stop, stop_rx) = watch::channel(false);
+    let (leading_tx, leading) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let options = controller::Options {
+        namespace: OP_NS.into(),
+        issuer: issuer.into(),
+        key_policy: policy,
+        identity: identity.into(),
+        lease: fast_lease(),
+        concurrency: 16,
+    };
+    let task = tokio::spawn(controller::run(
+        client,
+        options,
+        Arc::new(SystemClock),
+        metrics.clone(),
+        leading_tx,
+        stop_rx,
+    ));
+    Replica {
+        stop,
+        leading,
+        metrics,
+        task,
+    }
+}
+
+impl Replica {
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A token server running in this process; returns its stop handle.
+async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::Sender<bool> {
+    let (stop, stop_rx) = watch::channel(false);
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+    let options = token_server::Options {
+        namespace: OP_NS.into(),
+        issuer: issuer.into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        max_token_lifetime: Duration::from_secs(3600),
+        allow_unclaimed_audiences: false,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = token_server::run(
+            client,
+            options,
+            Arc::new(SystemClock),
+            stop_rx,
+            Some(bound_tx),
+        )
+        .await
+        {
+            panic!("token server: {e}");
+        }
+    });
+    bound_rx.await.expect("token server listens");
+    stop
+}
+
+async fn wait_ready(issuer: &str) {
+    eventually(Duration::from_secs(30), "token-server /readyz", || async {
+        let r = support::http()
+            .get(format!("{issuer}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// The chart's RBAC rules per user, rendered with the release name `s2s`.
+fn chart_rules() -> HashMap<String, Vec<(Option<String>, Value)>> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/s2s-operator/templates/rbac.yaml"),
+    )
+    .unwrap()
+    .replace("{{ .Release.Name }}", "s2s")
+    .replace("{{ .Release.Namespace }}", OP_NS);
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let roles: HashMap<(String, String), (Option<String>, Vec<Value>)> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .map(|d| {
+            (
+                (
+                    d["kind"].as_str().unwrap().to_owned(),
+                    d["metadata"]["name"].as_str().unwrap().to_owned(),
+                ),
+                (
+                    d["metadata"]["namespace"].as_str().map(str::to_owned),
+                    d["rules"].as_array().unwrap().clone(),
+                ),
+            )
+        })
+        .collect();
+    let mut by_user: HashMap<String, Vec<(Option<String>, Value)>> = HashMap::new();
+    for b in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+    {
+        let role = (
+            b["roleRef"]["kind"].as_str().unwrap().to_owned(),
+            b["roleRef"]["name"].as_str().unwrap().to_owned(),
+        );
+        let (ns, rules) = roles[&role].clone();
+        for s in b["subjects"].as_array().unwrap() {
+            // The user name the stand-in records is the service account's name.
+            let user = s["name"].as_str().unwrap().to_owned();
+            for r in &rules {
+                by_user
+                    .entry(user.clone())
+                    .or_default()
+                    .push((ns.clone(), r.clone()));
+            }
+        }
+    }
+    by_user
+}
+
+fn allows(rule: &Value, verb: &str, group: &str, resource: &str) -> bool {
+    let has = |k: &str, v: &str| {
+        rule[k]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == v || x == "*"))
+    };
+    has("verbs", verb) && has("apiGroups", group) && has("resources", resource)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_and_token_server_run_the_credentials_lifecycle() {
+    let api = ApiServer::new();
+    let admin = api.client();
+    create_namespace(&admin, OP_NS).await;
+    create_namespace(&admin, "team").await;
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let replica = start_controller(
+        api.client_as("s2s-controller"),
+        "replica-a",
+        &issuer,
+        key_policy(Duration::from_secs(30 * 24 * 3600)),
+    );
+    let server = start_token_server(api.client_as("s2s-token-server"), port, &issuer).await;
+    wait_ready(&issuer).await;
+
+    let waits = Waits {
+        converge: Duration::from_secs(20),
+        gc: Duration::from_secs(10),
+    };
+    scenario::credentials_lifecycle(admin.clone(), "team", &issuer, &waits).await;
+
+    // Events for what a user must see; never a secret in them.
+    let events = scenario::events_for(admin.clone(), "team", "worker").await;
+    let reasons: BTreeSet<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    for r in ["Issued", "Rotated", "CredentialRetired"] {
+        assert!(reasons.contains(r), "no {r} Event in {events:?}");
+    }
+    let squatter = scenario::events_for(admin.clone(), "team", "squatter").await;
+    assert!(
+        squatter
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "SecretConflict"),
+        "{squatter:?}"
+    );
+    assert_eq!(
+        squatter.iter().filter(|e| e.1 == "SecretConflict").count(),
+        1,
+        "a conflict is reported once, not on every pass"
+    );
+
+    // The signing keys live in one Secret in the operator namespace, without an owner.
+    let keys: Api<Secret> = Api::namespaced(admin.clone(), OP_NS);
+    let k = keys.get("s2s-signing-keys").await.unwrap();
+    assert!(k.metadata.owner_references.is_none());
+
+    let _ = server.send(true);
+    replica.shutdown().await;
+
+    // RBAC: every request each identity made is allowed by the chart, and every rule the
+    // chart grants was used (nothing extra), except the listed ones.
+    let rules = chart_rules();
+    let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
+    for r in api.requests() {
+        let Some(user_rules) = rules.get(&r.user) else {
+            continue;
+        };
+        let ok = user_rules.iter().any(|(ns, rule)| {
+            ns.as_ref()
+                .is_none_or(|ns| r.namespace.as_deref() == Some(ns.as_str()))
+                && allows(rule, &r.verb, &r.group, &r.resource)
+        });
+        assert!(
+            ok,
+            "{} did {} {}/{} in {:?}, which the chart does not allow",
+            r.user, r.verb, r.group, r.resource, r.namespace
+        );
+        used.insert((
+            r.user.clone(),
+            r.verb.clone(),
+            r.group.clone(),
+            r.resource.clone(),
+        ));
+    }
+    // Granted for code paths this scenario does not reach.
+    let not_reached: [(&str, &str, &str, &str); 1] = [
+        // kube's event Recorder patches an Event when the same one repeats within minutes.
+        ("s2s-controller", "patch", "events.k8s.io", "events"),
+    ];
+    for (user, user_rules) in &rules {
+        for (_, rule) in user_rules {
+            for verb in rule["verbs"].as_array().unwrap() {
+                for group in rule["apiGroups"].as_array().unwrap() {
+                    for resource in rule["resources"].as_array().unwrap() {
+                        let key = (
+                            user.clone(),
+                            verb.as_str().unwrap().to_owned(),
+                            group.as_str().unwrap().to_owned(),
+                            resource.as_str().unwrap().to_owned(),
+                        );
+                        let excused = not_reached.iter().any(|n| {
+                            (n.0, n.1, n.2, n.3)
+                                == (
+                                    key.0.as_str(),
+                                    key.1.as_str(),
+                                    key.2.as_str(),
+                                    key.3.as_str(),
+                                )
+                        });
+                        assert!(
+                            used.contains(&key) || excused,
+                            "the chart grants {key:?} but the code never used it"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_standby_takes_over() {
+    let api = ApiServer::new();
+    let admin = api.client();
+    create_namespace(&admin, OP_NS).await;
+    create_namespace(&admin, "team").await;
+    let issuer = "http://127.0.0.1:1";
+    let policy = key_policy(Duration::from_secs(3600));
+    let a = start_controller(
+        api.client_as("replica-a"),
+        "replica-a",
+        issuer,
+        policy.clone(),
+    );
+    let b = start_controller(api.client_as("replica-b"), "replica-b", issuer, policy);
+    let (la, lb) = (a.leading.clone(), b.leading.clone());
+    eventually(Duration::from_secs(10), "a leader", || {
+        let leading = *la.borrow() || *lb.borrow();
+        async move { leading.then_some(()) }
+    })
+    .await;
+    // Watch both for a while: never both.
+    for _ in 0..20 {
+        assert!(!(*a.leading.borrow() && *b.leading.borrow()), "two leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, standby) = if *a.leading.borrow() { (a, b) } else { (b, a) };
+    assert_eq!(leader.metrics.leader.get(), 1);
+    assert_eq!(standby.metrics.leader.get(), 0);
+    let leader_user = leader_name(&api);
+    let accounts: Api<s2s_operator::api::ServiceAccount> = Api::namespaced(admin.clone(), "team");
+    let sa = serde_json::from_value(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+        "metadata": {"name": "one", "namespace": "team"},
+        "spec": {"authentication": {"clientSecret": {"secretName": "one"}}}
+    }))
+    .unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    scenario::wait_ready(&accounts, "one", Duration::from_secs(20)).await;
+
+    // Only the leader wrote.
+    let standby_name = if leader_user == "replica-a" {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
+    assert!(
+        !api.requests().iter().any(|r| r.user == standby_name
+            && ["create", "update", "patch"].contains(&r.verb.as_str())
+            && r.resource != "leases"),
+        "the standby wrote something"
+    );
+
+    // The leader goes away (without releasing: as if it crashed); the standby takes over
+    // once the Lease expires, and then does the work.
+    leader.task.abort();
+    let ls = standby.leading.clone();
+    eventually(Duration::from_secs(10), "the standby to lead", || {
+        let leading = *ls.borrow();
+        async move { leading.then_some(()) }
+    })
+    .await;
+    let sa2 = serde_json::from_value(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+        "metadata": {"name": "two", "namespace": "team"},
+        "spec": {"authentication": {"clientSecret": {"secretName": "two"}}}
+    }))
+    .unwrap();
+    accounts.create(&PostParams::default(), &sa2).await.unwrap();
+    scenario::wait_ready(&accounts, "two", Duration::from_secs(20)).await;
+    standby.shutdown().await;
+}
+
+/// Who holds the Lease now.
+fn leader_name(api: &ApiServer) -> String {
+    let lease = api
+        .object(
+            "coordination.k8s.io",
+            "leases",
+            Some(OP_NS),
+            controller::LEASE_NAME,
+        )
+        .expect("a Lease");
+    lease["spec"]["holderIdentity"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_published_before_use_and_replicas_agree() {
+    let api = ApiServer::new();
+    let admin = api.client();
+    create_namespace(&admin, OP_NS).await;
+    let (p1, p2) = (free_port(), free_port());
+    let (iss1, iss2) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
+    // A new key every 6 s, published 2 s before it signs, kept 3 s after.
+    let replica = start_controller(
+        api.client_as("s2s-controller"),
+        "r",
+        &iss1,
+        key_policy(Duration::from_secs(6)),
+    );
+    let s1 = start_token_server(api.client_as("s2s-token-server"), p1, &iss1).await;
+    let s2 = start_token_server(api.client_as("s2s-token-server"), p2, &iss2).await;
+    wait_ready(&iss1).await;
+    wait_ready(&iss2).await;
+
+    // An account to get tokens with.
+    create_namespace(&admin, "team").await;
+    let accounts: Api<s2s_operator::api::ServiceAccount> = Api::namespaced(admin.clone(), "team");
+    let grants: Api<s2s_operator::api::TokenGrant> = Api::namespaced(admin.clone(), "team");
+    for o in [
+        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+               "metadata": {"name": "api", "namespace": "team"},
+               "spec": {"api": {"audience": "https://api.test", "scopes": [{"name": "read"}]}}}),
+        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+               "metadata": {"name": "worker", "namespace": "team"},
+               "spec": {"scopes": ["read"], "audiences": ["https://api.test"], "authentication": {"clientSecret": {"secretName": "worker"}}}}),
+    ] {
+        accounts
+            .create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+            .await
+            .unwrap();
+    }
+    let grant = json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+        "metadata": {"name": "worker", "namespace": "team"},
+        "spec": {"subject": {"serviceAccount": {"name": "worker"}}, "audience": "https://api.test", "scopes": ["read"]}});
+    grants
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(grant).unwrap(),
+        )
+        .await
+        .unwrap();
+    scenario::wait_ready(&accounts, "worker", Duration::from_secs(20)).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "team");
+    let creds = scenario::strings(&secrets.get("worker").await.unwrap());
+    for iss in [&iss1, &iss2] {
+        eventually(
+            Duration::from_secs(10),
+            "the token server to know worker",
+            || async {
+                scenario::client_credentials(
+                    &format!("{iss}/oauth2/token"),
+                    &creds["client_id"],
+                    &creds["client_secret"],
+                    "https://api.test",
+                    "read",
+                )
+                .await
+                .ok()
+            },
+        )
+        .await;
+    }
+
+    // Sample both servers for 14 s: JWKS and a token from each. Every kid a server signs
+    // with was in the JWKS well before (publish-ahead 2 s; the first key excepted); every
+    // token verifies against the JWKS fetched after it; both servers publish the same keys.
+    let start = std::time::Instant::now();
+    let mut first_seen: HashMap<String, Duration> = HashMap::new();
+    // Keys already published when sampling starts: their publication time is unknown.
+    let mut initial: Option<BTreeSet<String>> = None;
+    let mut disagreements = 0;
+    let mut signed = vec![];
+    let kids = |j: &Value| -> BTreeSet<String> {
+        j["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    while start.elapsed() < Duration::from_secs(14) {
+        let j1 = support::jwks(&iss1).await;
+        let j2 = support::jwks(&iss2).await;
+        if kids(&j1) != kids(&j2) {
+            disagreements += 1;
+        }
+        initial.get_or_insert_with(|| kids(&j1));
+        for kid in kids(&j1) {
+            first_seen.entry(kid).or_insert(start.elapsed());
+        }
+        for iss in [&iss1, &iss2] {
+            let token = scenario::client_credentials(
+                &format!("{iss}/oauth2/token"),
+                &creds["client_id"],
+                &creds["client_secret"],
+                "https://api.test",
+                "read",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("token refused during key rotation: {e}"));
+            let jwks = support::jwks(iss).await;
+            support::verify_access_token(&token, &jwks, iss, "https://api.test");
+            let kid = jwt_simple::prelude::Token::decode_metadata(&token)
+                .unwrap()
+                .key_id()
+                .unwrap()
+                .to_owned();
+            signed.push((kid, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let used: BTreeSet<&String> = signed.iter().map(|(k, _)| k).collect();
+    assert!(used.len() >= 2, "the signing key rotated: {used:?}");
+    for (kid, at) in &signed {
+        if initial.as_ref().is_some_and(|i| i.contains(kid)) {
+            continue;
+        }
+        let seen = first_seen[kid];
+        assert!(
+            *at >= seen + Duration::from_millis(1500),
+            "{kid} signed at {at:?} but was published only at {seen:?}"
+        );
+    }
+    // Watches reach the two servers a few ms apart; never for long.
+    assert!(
+        disagreements <= 3,
+        "replicas disagreed {disagreements} times"
+    );
+
+    let _ = (s1.send(true), s2.send(true));
+    replica.shutdown().await;
+}

@@ -1,0 +1,377 @@
+//! Scenarios that run unchanged against the in-process API stand-in
+//! (`tests/kube_controller.rs`) and against a real cluster (`tests/e2e_cluster.rs`): the
+//! controller and the token server are already running; the scenario acts as a user would
+//! (kubectl through an admin client, a workload over HTTP) and checks what it sees.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use oauth2::basic::BasicClient;
+use oauth2::{AuthType, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+use s2s_operator::api::{ServiceAccount, TokenGrant};
+use serde_json::{Value, json};
+
+use super::{http, jwks, verify_access_token};
+
+/// How long to wait for what the cluster does asynchronously.
+#[derive(Clone, Debug)]
+pub struct Waits {
+    /// For an account to become Ready, and for the token server to see a change.
+    pub converge: Duration,
+    /// For garbage collection of owned Secrets.
+    pub gc: Duration,
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Ready condition of an account as (status, reason), once its status describes the
+/// current generation.
+pub fn readiness(sa: &ServiceAccount) -> Option<(String, String)> {
+    let status = sa.status.as_ref()?;
+    if status.observed_generation != sa.metadata.generation {
+        return None;
+    }
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((format!("{:?}", c.status), c.reason.clone()))
+}
+
+/// Waits until the account is Ready=True for its generation.
+pub async fn wait_ready(api: &Api<ServiceAccount>, name: &str, within: Duration) -> ServiceAccount {
+    eventually(within, &format!("ServiceAccount {name} Ready"), || async {
+        let sa = api.get_opt(name).await.ok()??;
+        (readiness(&sa)?.0 == "True").then_some(sa)
+    })
+    .await
+}
+
+/// A Secret's data as strings.
+pub fn strings(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
+        .collect()
+}
+
+/// client_credentials with client_secret_basic through the `oauth2` crate; the access token
+/// or the error's JSON.
+pub async fn client_credentials(
+    token_url: &str,
+    client_id: &str,
+    secret: &str,
+    audience: &str,
+    scope: &str,
+) -> Result<String, String> {
+    let client = BasicClient::new(ClientId::new(client_id.to_owned()))
+        .set_client_secret(ClientSecret::new(secret.to_owned()))
+        .set_token_uri(TokenUrl::new(token_url.to_owned()).unwrap())
+        .set_auth_type(AuthType::BasicAuth);
+    client
+        .exchange_client_credentials()
+        .add_scope(Scope::new(scope.to_owned()))
+        .add_extra_param("audience", audience)
+        .request_async(&http())
+        .await
+        .map(|t| t.access_token().secret().clone())
+        .map_err(|e| match e {
+            oauth2::RequestTokenError::ServerResponse(r) => {
+                serde_json::to_string(&r).unwrap_or_default()
+            }
+            other => other.to_string(),
+        })
+}
+
+fn objects(ns: &str, audience: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+            "metadata": {"name": "orders-api", "namespace": ns},
+            "spec": {"api": {"audience": audience, "scopes": [{"name": "orders:read"}, {"name": "orders:write"}]}}
+        }),
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+            "metadata": {"name": "worker", "namespace": ns},
+            "spec": {
+                "scopes": ["orders:read"],
+                "audiences": [audience],
+                "authentication": {"clientSecret": {"secretName": "worker-credentials", "gracePeriod": "15s"}}
+            }
+        }),
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+            "metadata": {"name": "worker", "namespace": ns},
+            "spec": {"subject": {"serviceAccount": {"name": "worker"}}, "audience": audience, "scopes": ["orders:read"]}
+        }),
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+            "metadata": {"name": "squatter", "namespace": ns},
+            "spec": {"authentication": {"clientSecret": {"secretName": "hand-made"}}}
+        }),
+    ]
+}
+
+/// The whole life of a client-secret account: issue, use, rotate with grace, retire,
+/// conflict with a foreign Secret, delete with garbage collection. `issuer` is the token
+/// server's base URL as the controller writes it into Secrets.
+pub async fn credentials_lifecycle(admin: Client, ns: &str, issuer: &str, waits: &Waits) {
+    let audience = format!("https://orders.{ns}.example.com");
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+
+    // A Secret someone made by hand, which an account then names.
+    let hand_made: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hand-made", "namespace": ns},
+        "stringData": {"client_secret": "mine"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &hand_made)
+        .await
+        .unwrap();
+
+    for o in objects(ns, &audience) {
+        let name = o["metadata"]["name"].as_str().unwrap().to_owned();
+        if o["kind"] == "TokenGrant" {
+            grants
+                .create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("create TokenGrant {name}: {e}"));
+        } else {
+            accounts
+                .create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("create ServiceAccount {name}: {e}"));
+        }
+    }
+
+    // Issued: the Secret holds the credentials, owned by the account; the status holds only
+    // a digest.
+    let worker = wait_ready(&accounts, "worker", waits.converge).await;
+    let secret = secrets.get("worker-credentials").await.unwrap();
+    let owner = &secret.owner_references()[0];
+    assert_eq!(owner.uid, worker.uid().unwrap());
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(
+        secret
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("s2s-operator")
+    );
+    let data = strings(&secret);
+    for key in [
+        "client_id",
+        "client_secret",
+        "token_url",
+        "issuer",
+        "credentials.json",
+    ] {
+        assert!(data.contains_key(key), "Secret lacks {key}");
+    }
+    let status = worker.status.clone().unwrap();
+    assert_eq!(
+        status.client_id.as_deref(),
+        Some(data["client_id"].as_str())
+    );
+    assert!(status.current_credential.is_some());
+    let status_text = serde_json::to_string(&status).unwrap();
+    assert!(
+        !status_text.contains(&data["client_secret"]),
+        "no secret in status"
+    );
+    assert_eq!(data["token_url"], format!("{issuer}/oauth2/token"));
+
+    // A token, once the token server has seen the account; verified with another library.
+    let first_secret = data["client_secret"].clone();
+    let client_id = data["client_id"].clone();
+    let token_url = data["token_url"].clone();
+    let token = eventually(waits.converge, "a token for worker", || async {
+        client_credentials(
+            &token_url,
+            &client_id,
+            &first_secret,
+            &audience,
+            "orders:read",
+        )
+        .await
+        .ok()
+    })
+    .await;
+    let claims = verify_access_token(&token, &jwks(issuer).await, issuer, &audience);
+    assert_eq!(claims["sub"], client_id.as_str());
+    assert_eq!(claims["scope"], "orders:read");
+    let refused = client_credentials(&token_url, &client_id, "wrong", &audience, "orders:read")
+        .await
+        .unwrap_err();
+    assert!(refused.contains("invalid_client"), "{refused}");
+
+    // The hand-made Secret is left alone, and the account says why.
+    let squatter = eventually(waits.converge, "squatter's SecretConflict", || async {
+        let sa = accounts.get("squatter").await.ok()?;
+        (readiness(&sa)? == ("False".to_owned(), "SecretConflict".to_owned())).then_some(sa)
+    })
+    .await;
+    let untouched = secrets.get("hand-made").await.unwrap();
+    assert_eq!(
+        strings(&untouched),
+        BTreeMap::from([("client_secret".to_owned(), "mine".to_owned())])
+    );
+    assert!(untouched.owner_references().is_empty());
+    assert!(squatter.status.unwrap().credentials.is_empty());
+
+    // Nothing changes while nothing is due: no write storms.
+    let rv = accounts.get("worker").await.unwrap().resource_version();
+    let secret_rv = secrets
+        .get("worker-credentials")
+        .await
+        .unwrap()
+        .resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(accounts.get("worker").await.unwrap().resource_version(), rv);
+    assert_eq!(
+        secrets
+            .get("worker-credentials")
+            .await
+            .unwrap()
+            .resource_version(),
+        secret_rv
+    );
+
+    // Rotation on demand: both secrets work through the grace period.
+    accounts
+        .patch(
+            "worker",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"s2s.dev/rotate": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let rotated = eventually(waits.converge, "the rotated Secret", || async {
+        let d = strings(&secrets.get("worker-credentials").await.ok()?);
+        (d.get("client_secret") != Some(&first_secret)
+            && d.get("client_secret.previous") == Some(&first_secret))
+        .then_some(d)
+    })
+    .await;
+    let second_secret = rotated["client_secret"].clone();
+    assert_eq!(
+        rotated["client_id"], client_id,
+        "the client id never changes"
+    );
+    eventually(waits.converge, "the new secret to work", || async {
+        client_credentials(
+            &token_url,
+            &client_id,
+            &second_secret,
+            &audience,
+            "orders:read",
+        )
+        .await
+        .ok()
+    })
+    .await;
+    client_credentials(
+        &token_url,
+        &client_id,
+        &first_secret,
+        &audience,
+        "orders:read",
+    )
+    .await
+    .expect("the old secret still works during the grace period");
+
+    // After the grace period only the new one works, and the old one leaves the Secret.
+    eventually(
+        waits.converge + Duration::from_secs(20),
+        "the end of the grace period",
+        || async {
+            let d = strings(&secrets.get("worker-credentials").await.ok()?);
+            (!d.contains_key("client_secret.previous")).then_some(())
+        },
+    )
+    .await;
+    let err = client_credentials(
+        &token_url,
+        &client_id,
+        &first_secret,
+        &audience,
+        "orders:read",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("invalid_client"), "{err}");
+    client_credentials(
+        &token_url,
+        &client_id,
+        &second_secret,
+        &audience,
+        "orders:read",
+    )
+    .await
+    .expect("the new secret works");
+
+    // Deleting the account takes its Secret with it.
+    accounts
+        .delete("worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(waits.gc, "the Secret to be garbage-collected", || async {
+        matches!(secrets.get_opt("worker-credentials").await, Ok(None)).then_some(())
+    })
+    .await;
+    eventually(
+        waits.converge,
+        "the deleted account's tokens to stop",
+        || async {
+            client_credentials(
+                &token_url,
+                &client_id,
+                &second_secret,
+                &audience,
+                "orders:read",
+            )
+            .await
+            .err()
+            .filter(|e| e.contains("invalid_client"))
+        },
+    )
+    .await;
+}
+
+/// The Events recorded for an object, as (type, reason, note).
+pub async fn events_for(admin: Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin, ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
