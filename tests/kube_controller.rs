@@ -384,6 +384,46 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     .unwrap();
     accounts.create(&PostParams::default(), &sa2).await.unwrap();
     scenario::wait_ready(&accounts, "two", Duration::from_secs(20)).await;
+
+    // Someone else takes the Lease: the leader notices at its next renewal and stops.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), OP_NS);
+    let mut lease = leases.get(controller::LEASE_NAME).await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace(controller::LEASE_NAME, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let ls = standby.leading.clone();
+    eventually(Duration::from_secs(5), "the leader to step down", || {
+        let leading = *ls.borrow();
+        async move { (!leading).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mark = api.requests().len();
+    let sa3 = serde_json::from_value(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+        "metadata": {"name": "three", "namespace": "team"},
+        "spec": {"authentication": {"clientSecret": {"secretName": "three"}}}
+    }))
+    .unwrap();
+    accounts.create(&PostParams::default(), &sa3).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !api.requests()[mark..]
+            .iter()
+            .any(|r| r.user.starts_with("replica-")
+                && ["create", "update", "patch"].contains(&r.verb.as_str())
+                && r.resource != "leases"),
+        "a replica that lost the Lease still wrote"
+    );
+    assert!(accounts.get("three").await.unwrap().status.is_none());
     standby.shutdown().await;
 }
 
@@ -538,5 +578,109 @@ async fn signing_keys_rotate_published_before_use_and_replicas_agree() {
     );
 
     let _ = (s1.send(true), s2.send(true));
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_back_off_and_nothing_is_regenerated() {
+    let api = ApiServer::new();
+    let admin = api.client();
+    create_namespace(&admin, OP_NS).await;
+    create_namespace(&admin, "team").await;
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+
+    // Before any signing key exists the token server is not ready, and says so per RFC.
+    let server = start_token_server(api.client_as("s2s-token-server"), port, &issuer).await;
+    let r = support::http()
+        .get(format!("{issuer}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = support::http()
+        .post(format!("{issuer}/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    let replica = start_controller(
+        api.client_as("s2s-controller"),
+        "r",
+        &issuer,
+        key_policy(Duration::from_secs(3600)),
+    );
+    wait_ready(&issuer).await;
+    // The API fails the account's first three Secret creations.
+    api.fail_next("create", "secrets", 500, 3);
+    let accounts: Api<s2s_operator::api::ServiceAccount> = Api::namespaced(admin.clone(), "team");
+    let sa = serde_json::from_value(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+        "metadata": {"name": "worker", "namespace": "team"},
+        "spec": {"authentication": {"clientSecret": {"secretName": "worker"}}}
+    }))
+    .unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let ready = scenario::wait_ready(&accounts, "worker", Duration::from_secs(30)).await;
+    let failures: usize = replica
+        .metrics
+        .render()
+        .split(|&b| b == b'\n')
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .filter(|l| l.starts_with("s2s_reconcile_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<usize>().ok()))
+        .sum();
+    assert!(failures >= 2, "the failures were counted: {failures}");
+
+    // The status is lost (as after a restore from a backup): the controller adopts what the
+    // Secret holds instead of generating new credentials.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "team");
+    let before = secrets.get("worker").await.unwrap();
+    accounts
+        .patch_status(
+            "worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    let adopted = scenario::wait_ready(&accounts, "worker", Duration::from_secs(30)).await;
+    let after = secrets.get("worker").await.unwrap();
+    assert_eq!(
+        scenario::strings(&after),
+        scenario::strings(&before),
+        "nothing regenerated"
+    );
+    assert_eq!(
+        adopted.status.as_ref().unwrap().client_id,
+        ready.status.as_ref().unwrap().client_id
+    );
+    let d = scenario::strings(&after);
+    eventually(
+        Duration::from_secs(10),
+        "the adopted secret to work",
+        || async {
+            let r = support::http()
+                .post(format!("{issuer}/oauth2/token"))
+                .basic_auth(&d["client_id"], Some(&d["client_secret"]))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=client_credentials")
+                .send()
+                .await
+                .ok()?;
+            // No grant: the secret is accepted and the request refused for its target.
+            let body: Value = r.json().await.ok()?;
+            (body["error"] == "invalid_target").then_some(())
+        },
+    )
+    .await;
+
+    let _ = server.send(true);
     replica.shutdown().await;
 }

@@ -74,34 +74,45 @@ pub async fn run(
     let mut leading = leading_tx.subscribe();
     // The elector stops only after the work has: the Lease is never released while we act.
     let (elector_stop_tx, elector_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let election = tokio::spawn(elector.run(leading_tx, async move {
+    let election = AbortOnDrop(tokio::spawn(elector.run(leading_tx, async move {
         let _ = elector_stop_rx.await;
-    }));
+    })));
     loop {
         tokio::select! {
             r = leading.wait_for(|l| *l) => if r.is_err() { break },
             () = stopped(stop.clone()) => break,
         }
         metrics.leader.set(1);
-        let work = tokio::spawn(lead(
+        // Aborted with this future too: if `run` is dropped, nothing it started keeps writing.
+        let mut work = AbortOnDrop(tokio::spawn(lead(
             client.clone(),
             options.clone(),
             clock.clone(),
             metrics.clone(),
-        ));
+        )));
         tokio::select! {
             _ = leading.wait_for(|l| !*l) => tracing::warn!("no longer leading: stopping work"),
             () = stopped(stop.clone()) => {}
         }
-        work.abort();
-        let _ = work.await;
+        work.0.abort();
+        let _ = (&mut work.0).await;
         metrics.leader.set(0);
         if *stop.borrow() {
             break;
         }
     }
     let _ = elector_stop_tx.send(());
-    let _ = election.await;
+    let mut election = election;
+    let _ = (&mut election.0).await;
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the leader does: the ServiceAccount controller and the key manager, until aborted.

@@ -54,6 +54,7 @@ mod kinds;
 mod patch;
 mod select;
 mod store;
+pub mod tcp;
 mod watch;
 
 use std::collections::HashMap;
