@@ -219,6 +219,7 @@ fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
             not_after: None,
         }],
         keys: vec![],
+        federated: vec![],
     });
     registry.add_grant(
         "team",
@@ -229,6 +230,7 @@ fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
             audience: "https://orders.example.com".into(),
             scopes: vec!["orders:read".into()],
             tenant: None,
+            delegation: None,
         },
     );
     let key = crypto::generate_key(alg).unwrap();

@@ -23,6 +23,8 @@
 //! * [`service_account`]: the ServiceAccount reconcile as pure stages (credentials, rotation,
 //!   Secret layout, status).
 //! * [`signing_keys`]: the lifecycle of the operator's token-signing keys.
+//! * [`trusted_issuer`]: TrustedIssuer keys (discovery, fetching, caching, refresh) and the
+//!   validation of external JWTs against them.
 //! * [`store`]: resources to the token core's read model.
 //! * [`token`]: the issuing core (authenticate, authorize, mint, introspect, revoke); no
 //!   `kube`.
@@ -44,3 +46,4 @@ pub mod signing_keys;
 pub mod store;
 pub mod token;
 pub mod token_server;
+pub mod trusted_issuer;

@@ -258,7 +258,7 @@ async fn cleanup(admin: &Client, release: &str, namespaces: &[String]) {
 }
 
 #[tokio::test]
-async fn e2e_accounts_secrets_tokens_rotation_and_garbage_collection() {
+async fn e2e_accounts_secrets_tokens_rotation_garbage_collection_and_federation() {
     let Some(path) = kubeconfig_path() else {
         return;
     };
@@ -364,7 +364,8 @@ async fn e2e_accounts_secrets_tokens_rotation_and_garbage_collection() {
                         converge: Duration::from_secs(60),
                         gc: Duration::from_secs(120),
                     };
-                    scenario::credentials_lifecycle(admin, &work_ns, &issuer, &waits).await;
+                    scenario::credentials_lifecycle(admin.clone(), &work_ns, &issuer, &waits).await;
+                    scenario::kubernetes_federation(admin, &work_ns, &issuer, &waits).await;
                 }
             })
             .await;

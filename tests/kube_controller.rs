@@ -245,6 +245,43 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
         "a conflict is reported once, not on every pass"
     );
 
+    // TrustedIssuers get their keys reported in status: inline keys, and an IdP's discovery.
+    let idp = support::idp::Idp::start().await;
+    let inline_key = s2s_operator::crypto::generate_key(KeyAlgorithm::ES256).unwrap();
+    let issuers: Api<s2s_operator::api::TrustedIssuer> = Api::namespaced(admin.clone(), "team");
+    for ti in [
+        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TrustedIssuer",
+               "metadata": {"name": "airgapped", "namespace": "team"},
+               "spec": {"issuer": "https://idp.airgapped.example", "audiences": ["s2s"],
+                        "jwks": {"keys": [inline_key.public_jwk]}}}),
+        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TrustedIssuer",
+               "metadata": {"name": "partner", "namespace": "team"},
+               "spec": {"issuer": idp.issuer(), "audiences": ["s2s"]}}),
+    ] {
+        issuers
+            .create(&PostParams::default(), &serde_json::from_value(ti).unwrap())
+            .await
+            .unwrap();
+    }
+    for name in ["airgapped", "partner"] {
+        let ti = eventually(
+            Duration::from_secs(20),
+            &format!("TrustedIssuer {name} Ready"),
+            || async {
+                let ti = issuers.get(name).await.ok()?;
+                let st = ti.status.clone()?;
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True")
+                    .then_some(st)
+            },
+        )
+        .await;
+        assert!(ti.key_count.unwrap() >= 1, "{name}: {ti:?}");
+        assert!(!ti.key_ids.is_empty());
+        assert!(ti.last_error.is_none());
+    }
+
     // The signing keys live in one Secret in the operator namespace, without an owner.
     let keys: Api<Secret> = Api::namespaced(admin.clone(), OP_NS);
     let k = keys.get("s2s-signing-keys").await.unwrap();
@@ -284,7 +321,12 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
         ("s2s-controller", "patch", "events.k8s.io", "events"),
     ];
     for (user, user_rules) in &rules {
-        for (_, rule) in user_rules {
+        // Non-resource URLs (the cluster's service-account issuer, for the `kubernetes`
+        // TrustedIssuer preset) do not exist in the stand-in; the e2e test uses them.
+        for (_, rule) in user_rules
+            .iter()
+            .filter(|(_, r)| r.get("nonResourceURLs").is_none())
+        {
             for verb in rule["verbs"].as_array().unwrap() {
                 for group in rule["apiGroups"].as_array().unwrap() {
                     for resource in rule["resources"].as_array().unwrap() {

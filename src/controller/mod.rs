@@ -3,7 +3,8 @@
 //! wait; a leader that loses the Lease stops its work before anyone else may start theirs.
 //!
 //! Inside the lead: a kube-runtime `Controller` over ServiceAccounts that owns the Secrets
-//! it writes (watched by label), and the signing-key manager.
+//! it writes (watched by label), one over TrustedIssuers that reports their keys in status,
+//! and the signing-key manager.
 
 mod metrics;
 
@@ -18,13 +19,16 @@ use tokio::sync::watch;
 
 pub use metrics::{Metrics, health_router};
 
-use crate::api::ServiceAccount;
+use crate::api::{ServiceAccount, TrustedIssuer};
 use crate::k8s::lease::{Elector, Timing};
 use crate::k8s::{self, FIELD_MANAGER};
 use crate::service_account::controller::{self as sa_controller, Ctx};
 use crate::signing_keys::Policy;
 use crate::signing_keys::controller::KeyManager;
 use crate::token::Clock;
+use crate::trusted_issuer::cache::IssuerCache;
+use crate::trusted_issuer::controller as ti_controller;
+use crate::trusted_issuer::fetch::Fetcher;
 
 /// Name of the leader Lease in the operator namespace.
 pub const LEASE_NAME: &str = "s2s-operator-controller";
@@ -133,7 +137,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         accounts: controller.store(),
         clock: clock.clone(),
         failures: Mutex::new(Default::default()),
-        metrics,
+        metrics: metrics.clone(),
     });
     let accounts_loop = controller
         .owns(
@@ -147,8 +151,28 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let issuers_ctx = Arc::new(ti_controller::Ctx {
+        client: client.clone(),
+        cache: IssuerCache::new(Fetcher::new(Some(client.clone())), clock.clone()),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    });
+    let issuers_loop = Controller::new(
+        Api::<TrustedIssuer>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .run(
+        ti_controller::reconcile,
+        ti_controller::error_policy,
+        issuers_ctx,
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller event");
+        }
+    });
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
-    tokio::join!(accounts_loop, keys);
+    tokio::join!(accounts_loop, issuers_loop, keys);
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

@@ -27,6 +27,8 @@ use crate::service_account::{
 use crate::signing_keys::Policy;
 use crate::store;
 use crate::token::{Config, Core, SystemClock};
+use crate::trusted_issuer::cache::{IssuerCache, IssuerStatus};
+use crate::trusted_issuer::fetch::Fetcher;
 
 /// Options of `dev`.
 #[derive(Clone, Debug)]
@@ -84,6 +86,8 @@ struct Dev {
     issuer: String,
     state: StateDir,
     core: Arc<Core>,
+    /// TrustedIssuer keys (the same cache and runner as the token server).
+    trusted: IssuerCache,
 }
 
 /// Runs `dev` until Ctrl-C (or `shutdown` resolves).
@@ -120,16 +124,37 @@ pub async fn run(
         keys,
         Arc::new(SystemClock),
     ));
+    // No cluster: the kubernetes preset reports FetchFailed.
+    let trusted = IssuerCache::new(Fetcher::new(None), Arc::new(SystemClock));
+    core.set_unknown_kid_hook(trusted.unknown_kid_hook());
     let dev = Arc::new(Dev {
         options,
         issuer,
         state,
         core: core.clone(),
+        trusted: trusted.clone(),
     });
 
     let world = load(&dev.options.manifests);
     let summary = dev.apply(&world);
+    // Fetch the issuers' keys once before the banner, so it shows what works.
+    trusted.refresh_due().await;
+    core.set_issuers((*trusted.snapshot()).clone());
     print_banner(&dev, &summary);
+    let forwarder = tokio::spawn({
+        let mut snapshots = trusted.subscribe();
+        let core = core.clone();
+        async move {
+            loop {
+                let snapshot = (**snapshots.borrow_and_update()).clone();
+                core.set_issuers(snapshot);
+                if snapshots.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let key_refresh = tokio::spawn(trusted.clone().run(std::future::pending()));
     let app = AppState::new(core);
     app.set_ready(true);
 
@@ -138,6 +163,8 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     poller.abort();
+    forwarder.abort();
+    key_refresh.abort();
     served.map_err(DevError::Serve)
 }
 
@@ -180,6 +207,9 @@ async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
                     world.grants.len()
                 );
                 for line in &summary {
+                    println!("{line}");
+                }
+                for line in dev.describe_issuers() {
                     println!("{line}");
                 }
             }
@@ -270,7 +300,17 @@ impl Dev {
             &world.grants,
             self.options.allow_unclaimed_audiences,
         ));
+        self.trusted.set_issuers(&world.issuers);
         lines
+    }
+
+    /// One line per TrustedIssuer: Ready, or the reason it is not.
+    fn describe_issuers(&self) -> Vec<String> {
+        self.trusted
+            .statuses()
+            .into_iter()
+            .map(|(key, s)| describe_issuer(&key, &s))
+            .collect()
     }
 
     fn describe(&self, sa: &crate::api::ServiceAccount) -> String {
@@ -317,4 +357,24 @@ fn print_banner(dev: &Dev, accounts: &[String]) {
     for line in accounts {
         println!("{line}");
     }
+    let issuers = dev.describe_issuers();
+    if !issuers.is_empty() {
+        println!("trusted issuers:");
+        for line in issuers {
+            println!("{line}");
+        }
+    }
+}
+
+fn describe_issuer(key: &str, s: &IssuerStatus) -> String {
+    let readiness = if s.ready {
+        "Ready".to_owned()
+    } else {
+        format!("NotReady ({}: {})", s.reason, s.message)
+    };
+    format!(
+        "  {key:<36} {readiness:<8} issuer={} keys={}",
+        s.issuer.as_deref().unwrap_or("-"),
+        s.key_count
+    )
 }

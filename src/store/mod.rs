@@ -11,6 +11,7 @@ use crate::api::service_account::CredentialType;
 use crate::api::{ServiceAccount, TokenGrant};
 use crate::crypto;
 use crate::service_account::from_time;
+use crate::token::registry::{DelegationRule, FederatedMatch};
 use crate::token::{Api, Client, ClientKey, Grant, Registry, SecretVerifier};
 
 /// `namespace/name` of an object.
@@ -106,26 +107,61 @@ pub fn build_registry(
             disabled: a.spec.disabled,
             secrets,
             keys,
+            federated: federated_matches(a),
         });
     }
     for g in grants.iter().filter(|g| !g.spec.revoked) {
-        let Some(sa) = &g.spec.subject.service_account else {
-            continue;
-        };
         let namespace = g.namespace().unwrap_or_default();
-        registry.add_grant(
-            sa.namespace_or(&namespace),
-            &sa.name,
-            Grant {
-                namespace: namespace.clone(),
-                name: g.name_any(),
-                audience: g.spec.audience.clone(),
-                scopes: g.spec.scopes.clone(),
-                tenant: g.spec.tenant.clone(),
-            },
-        );
+        let grant = Grant {
+            namespace: namespace.clone(),
+            name: g.name_any(),
+            audience: g.spec.audience.clone(),
+            scopes: g.spec.scopes.clone(),
+            tenant: g.spec.tenant.clone(),
+            delegation: g.spec.delegation.as_ref().map(|d| DelegationRule {
+                issuers: d
+                    .issuers
+                    .iter()
+                    .map(|r| format!("{}/{}", r.namespace_or(&namespace), r.name))
+                    .collect(),
+                subjects: d.subjects.clone(),
+            }),
+        };
+        let subject = &g.spec.subject;
+        if let Some(sa) = &subject.service_account {
+            registry.add_grant(sa.namespace_or(&namespace), &sa.name, grant);
+        } else if let (Some(issuer), Some(sub)) = (&subject.issuer_ref, &subject.subject) {
+            let issuer = format!("{}/{}", issuer.namespace_or(&namespace), issuer.name);
+            registry.add_issuer_grant(&issuer, sub, grant);
+        }
     }
     registry
+}
+
+/// An account's `federated` entries, with issuer references made `namespace/name`.
+fn federated_matches(a: &ServiceAccount) -> Vec<FederatedMatch> {
+    let namespace = a.namespace().unwrap_or_default();
+    a.spec
+        .authentication
+        .as_ref()
+        .and_then(|auth| auth.federated.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|f| FederatedMatch {
+            issuer: format!(
+                "{}/{}",
+                f.issuer_ref.namespace_or(&namespace),
+                f.issuer_ref.name
+            ),
+            subject: f.subject.clone(),
+            audience: f.audience.clone(),
+            claims: f
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod error;
+pub mod exchange;
 pub mod registry;
 pub mod request;
 pub mod scopes;

@@ -29,6 +29,22 @@ pub struct Client {
     pub secrets: Vec<SecretVerifier>,
     /// Public keys for `private_key_jwt`.
     pub keys: Vec<ClientKey>,
+    /// External identities that authenticate as this client (`federated`).
+    pub federated: Vec<FederatedMatch>,
+}
+
+/// One `spec.authentication.federated` entry: a JWT from `issuer` whose `sub` matches
+/// `subject` (with `*` wildcards) authenticates as the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedMatch {
+    /// The TrustedIssuer, `namespace/name`.
+    pub issuer: String,
+    /// The `sub` pattern.
+    pub subject: String,
+    /// An audience the JWT must carry as well.
+    pub audience: Option<String>,
+    /// Claims the JWT must carry with exactly these string values.
+    pub claims: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -90,6 +106,39 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Tenant it stands for.
     pub tenant: Option<String>,
+    /// Whose tokens the subject may exchange for tokens on their behalf (RFC 8693).
+    pub delegation: Option<DelegationRule>,
+}
+
+/// A grant's `spec.delegation`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelegationRule {
+    /// TrustedIssuers (`namespace/name`) whose tokens may be exchanged; ours always may.
+    pub issuers: Vec<String>,
+    /// `sub` patterns (with `*`) of exchangeable tokens; any when empty.
+    pub subjects: Vec<String>,
+}
+
+/// Whether `value` matches `pattern`, where each `*` stands for any run of characters
+/// (possibly empty) and everything else is literal.
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if value.len() < first.len() + last.len() || !value.starts_with(first) || !value.ends_with(last)
+    {
+        return false;
+    }
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Everything the token core needs to decide, immutable once built.
@@ -99,6 +148,9 @@ pub struct Registry {
     apis: HashMap<String, Api>,
     /// Grants by (subject namespace, subject name).
     grants: HashMap<(String, String), Vec<Grant>>,
+    /// Grants whose subject is an external identity: by (TrustedIssuer `namespace/name`,
+    /// exact `sub`).
+    issuer_grants: HashMap<(String, String), Vec<Grant>>,
     allow_unclaimed_audiences: bool,
 }
 
@@ -131,6 +183,15 @@ impl Registry {
             .push(grant);
     }
 
+    /// Adds a grant for the external subject `sub` of the TrustedIssuer `issuer`
+    /// (`namespace/name`).
+    pub fn add_issuer_grant(&mut self, issuer: &str, sub: &str, grant: Grant) {
+        self.issuer_grants
+            .entry((issuer.to_owned(), sub.to_owned()))
+            .or_default()
+            .push(grant);
+    }
+
     /// A client by id.
     pub fn client(&self, client_id: &str) -> Option<&Arc<Client>> {
         self.clients.get(client_id)
@@ -157,10 +218,47 @@ impl Registry {
     /// the namespace of the account that claims the audience. A grant anywhere else opens
     /// nothing.
     pub fn grants_for<'a>(&'a self, client: &Client, audience: &str) -> Vec<&'a Grant> {
-        let Some(grants) = self
-            .grants
-            .get(&(client.namespace.clone(), client.name.clone()))
-        else {
+        self.in_owner_namespace(
+            self.grants
+                .get(&(client.namespace.clone(), client.name.clone())),
+            audience,
+        )
+    }
+
+    /// The grants that let the external subject `sub` of TrustedIssuer `issuer` get tokens
+    /// for `audience` (the JWT-bearer grant), under the same namespace rule.
+    pub fn issuer_grants_for<'a>(
+        &'a self,
+        issuer: &str,
+        sub: &str,
+        audience: &str,
+    ) -> Vec<&'a Grant> {
+        self.in_owner_namespace(
+            self.issuer_grants.get(&(issuer.to_owned(), sub.to_owned())),
+            audience,
+        )
+    }
+
+    /// Audiences some grant opens to the external subject (to pick one when none is asked).
+    pub fn issuer_grant_audiences(&self, issuer: &str, sub: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .issuer_grants
+            .get(&(issuer.to_owned(), sub.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|g| g.audience.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn in_owner_namespace<'a>(
+        &self,
+        grants: Option<&'a Vec<Grant>>,
+        audience: &str,
+    ) -> Vec<&'a Grant> {
+        let Some(grants) = grants else {
             return vec![];
         };
         let owner_namespace = self.apis.get(audience).map(|a| a.namespace.as_str());
@@ -172,5 +270,35 @@ impl Registry {
                 None => self.allow_unclaimed_audiences,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard_match;
+
+    #[test]
+    fn wildcards_stand_for_any_run_and_nothing_else() {
+        let p = "system:serviceaccount:team-a:*";
+        assert!(wildcard_match(p, "system:serviceaccount:team-a:worker"));
+        assert!(wildcard_match(p, "system:serviceaccount:team-a:"));
+        assert!(!wildcard_match(p, "system:serviceaccount:team-ab:worker"));
+        assert!(!wildcard_match(p, "system:serviceaccount:team-a"));
+        assert!(wildcard_match(
+            "repo:org/*:ref:refs/heads/main",
+            "repo:org/app:ref:refs/heads/main"
+        ));
+        assert!(!wildcard_match(
+            "repo:org/*:ref:refs/heads/main",
+            "repo:org/app:ref:refs/heads/dev"
+        ));
+        assert!(wildcard_match("a*b*c", "aXbYc"));
+        assert!(!wildcard_match("a*b*c", "aXcYb"));
+        assert!(wildcard_match("exact", "exact"));
+        assert!(!wildcard_match("exact", "exactly"));
+        assert!(
+            !wildcard_match("ab*ba", "aba"),
+            "prefix and suffix may not overlap"
+        );
     }
 }

@@ -29,6 +29,8 @@ use crate::http::{self, AppState};
 use crate::signing_keys::{self, SECRET_NAME};
 use crate::store;
 use crate::token::{Clock, Config, Core, KeySet};
+use crate::trusted_issuer::cache::IssuerCache;
+use crate::trusted_issuer::fetch::Fetcher;
 
 /// Settings of the token server.
 #[derive(Clone, Debug)]
@@ -75,6 +77,8 @@ struct Model {
     state: Arc<AppState>,
     clock: Arc<dyn Clock>,
     allow_unclaimed_audiences: bool,
+    /// TrustedIssuer keys, fed from `issuers`.
+    trusted: IssuerCache,
 }
 
 /// Runs the token server until `stop`. `bound` receives the local address once listening.
@@ -163,6 +167,24 @@ pub async fn run(
             &changed,
         ),
     );
+    // TrustedIssuer keys: fetched in the background, every new snapshot swapped into the
+    // core; an unknown kid asks for an early (rate-limited) fetch.
+    let trusted = IssuerCache::new(Fetcher::new(Some(client.clone())), clock.clone());
+    state.core.set_unknown_kid_hook(trusted.unknown_kid_hook());
+    let forward = {
+        let mut snapshots = trusted.subscribe();
+        let core = state.core.clone();
+        async move {
+            loop {
+                let snapshot = (**snapshots.borrow_and_update()).clone();
+                core.set_issuers(snapshot);
+                if snapshots.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let key_refresh = trusted.clone().run(stopped(stop.clone()));
     let model = Model {
         accounts,
         grants,
@@ -171,6 +193,7 @@ pub async fn run(
         state: state.clone(),
         clock,
         allow_unclaimed_audiences: options.allow_unclaimed_audiences,
+        trusted,
     };
     let refresh = model.refresh_on(changed.clone());
 
@@ -190,7 +213,7 @@ pub async fn run(
     };
     tokio::select! {
         r = serve => r,
-        () = async { tokio::join!(watches, refresh); } => Ok(()),
+        () = async { tokio::join!(watches, refresh, forward, key_refresh); } => Ok(()),
     }
 }
 
@@ -246,6 +269,9 @@ impl Model {
             .collect();
         let registry = store::build_registry(&accounts, &grants, self.allow_unclaimed_audiences);
         self.state.core.set_registry(registry);
+        // A deleted TrustedIssuer leaves the snapshot published by this call.
+        let trusted = self.issuers.state();
+        self.trusted.set_issuers(trusted.iter().map(|t| t.as_ref()));
 
         let now = self
             .clock

@@ -16,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jwt_simple::prelude::*;
 use serde_json::Value;
 
+pub mod idp;
 pub mod scenario;
 
 /// A running `s2s-operator dev`.

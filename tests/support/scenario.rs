@@ -375,3 +375,152 @@ pub async fn events_for(admin: Client, ns: &str, name: &str) -> Vec<(String, Str
         })
         .collect()
 }
+
+/// Real cluster only: a projected service-account token (TokenRequest) authenticates a
+/// federated ServiceAccount through the `kubernetes` TrustedIssuer preset.
+pub async fn kubernetes_federation(admin: Client, ns: &str, issuer: &str, waits: &Waits) {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount as CoreServiceAccount;
+    use s2s_operator::api::TrustedIssuer;
+
+    let audience = format!("https://ledger.{ns}.example.com");
+    let issuers: Api<TrustedIssuer> = Api::namespaced(admin.clone(), ns);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), ns);
+    let core: Api<CoreServiceAccount> = Api::namespaced(admin.clone(), ns);
+    issuers
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "TrustedIssuer",
+                "metadata": {"name": "cluster", "namespace": ns},
+                "spec": {"kubernetes": {}, "audiences": ["s2s-e2e"]}
+            })),
+        )
+        .await
+        .unwrap();
+    accounts
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                "metadata": {"name": "ledger-api", "namespace": ns},
+                "spec": {"api": {"audience": audience}}
+            })),
+        )
+        .await
+        .unwrap();
+    accounts
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                "metadata": {"name": "runner", "namespace": ns},
+                "spec": {
+                    "audiences": [audience],
+                    "authentication": {"federated": [{
+                        "issuerRef": {"name": "cluster"},
+                        "subject": format!("system:serviceaccount:{ns}:runner")
+                    }]}
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    grants
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+                "metadata": {"name": "runner", "namespace": ns},
+                "spec": {"subject": {"serviceAccount": {"name": "runner"}}, "audience": audience}
+            })),
+        )
+        .await
+        .unwrap();
+    let pod_identity: CoreServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "runner", "namespace": ns}})).unwrap();
+    core.create(&PostParams::default(), &pod_identity)
+        .await
+        .unwrap();
+    let runner = wait_ready(&accounts, "runner", waits.converge).await;
+    let client_id = runner.status.unwrap().client_id.unwrap();
+
+    // What `kubectl create token runner --audience s2s-e2e` gives a pod.
+    let projected = core
+        .create_token_request(
+            "runner",
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec!["s2s-e2e".into()],
+                    expiration_seconds: Some(600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", projected.as_str()),
+            ("audience", audience.as_str()),
+        ])
+        .finish();
+    let token = eventually(
+        waits.converge,
+        "a token for the projected identity",
+        || async {
+            let r = http()
+                .post(format!("{issuer}/oauth2/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone())
+                .send()
+                .await
+                .ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            let v: Value = r.json().await.ok()?;
+            v["access_token"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    let claims = verify_access_token(&token, &jwks(issuer).await, issuer, &audience);
+    assert_eq!(claims["sub"], client_id.as_str());
+
+    // The TrustedIssuer reports its keys.
+    let ti = issuers.get("cluster").await.unwrap();
+    let status = ti.status.expect("TrustedIssuer status");
+    assert!(status.key_count.unwrap_or(0) > 0, "{status:?}");
+
+    // Deleting it stops acceptance.
+    issuers
+        .delete("cluster", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(waits.converge, "the issuer to be forgotten", || async {
+        let r = http()
+            .post(format!("{issuer}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone())
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 401).then_some(())
+    })
+    .await;
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}

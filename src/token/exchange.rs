@@ -1,0 +1,365 @@
+//! Tokens for identities from trusted issuers: federated client authentication (a JWT from
+//! a TrustedIssuer as `client_assertion`), the JWT-bearer grant (RFC 7523 §2.1), and token
+//! exchange (RFC 8693) with impersonation and delegation (`act`, `may_act`).
+//!
+//! External JWTs are validated by [`Issuers`](crate::trusted_issuer::verify::Issuers)
+//! (RFC 8725 rules per issuer); this module decides what an accepted JWT may get.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::core::{AccessClaims, Core, Mint, TokenResponse, unix};
+use super::error::{ErrorCode, OAuthError};
+use super::registry::{Client, FederatedMatch, Grant, Registry, wildcard_match};
+use super::request::{ClientAuth, Params};
+use super::scopes;
+use crate::trusted_issuer::verify::{Verified, VerifyError};
+
+/// RFC 8693 token type of an access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// RFC 8693 token type of a JWT.
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Lifetime of a JWT-bearer token (no account says otherwise).
+const JWT_BEARER_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Whose token is being exchanged.
+struct Subject {
+    /// `sub`.
+    sub: String,
+    /// Our own token, or the TrustedIssuer (`namespace/name`) that accepted it.
+    issuer: Option<String>,
+    /// When it expires: nothing issued on its behalf outlives it.
+    exp: u64,
+    /// Its `act` (prior actors), kept nested in what we issue.
+    act: Option<Value>,
+    /// Its `may_act` (RFC 8693 §4.4): who may act for it.
+    may_act: Option<Value>,
+}
+
+impl Core {
+    /// Validates an external JWT against every trusted issuer, asking for a key refresh when
+    /// it names an unknown key.
+    fn verify_external(&self, jwt: &str) -> Result<Vec<Verified>, VerifyError> {
+        let now = unix(self.clock.now());
+        let result = self.issuers.load().verify_any(jwt, now);
+        if let Err(VerifyError::UnknownKid { trusted_issuer, .. }) = &result {
+            let hook = self.unknown_kid.lock().expect("not poisoned").clone();
+            if let Some(hook) = hook {
+                hook(trusted_issuer);
+            }
+        }
+        result
+    }
+
+    /// A JWT from a trusted issuer as `client_assertion`: it authenticates as the account
+    /// whose `federated` entries match it (the one named by `client_id`, or the only one).
+    pub(super) fn verify_federated(
+        &self,
+        registry: &Registry,
+        client_id: Option<&str>,
+        assertion: &str,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let accepted = self.verify_external(assertion).map_err(|e| {
+            tracing::debug!(error = %e, "federated assertion refused");
+            OAuthError::invalid_client()
+        })?;
+        let matches = |c: &Client| {
+            accepted
+                .iter()
+                .any(|v| c.federated.iter().any(|m| federated_match(m, v)))
+        };
+        let client = match client_id {
+            Some(id) => registry
+                .client(id)
+                .filter(|c| matches(c))
+                .cloned()
+                .ok_or_else(OAuthError::invalid_client)?,
+            None => {
+                let found: Vec<&Arc<Client>> = registry.clients().filter(|c| matches(c)).collect();
+                match found.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => return Err(OAuthError::invalid_client()),
+                    _ => {
+                        return Err(OAuthError::new(
+                            ErrorCode::InvalidClient,
+                            "several accounts accept this identity: send client_id",
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(client)
+    }
+
+    /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523 §2.1): a JWT from a
+    /// trusted issuer whose subject a TokenGrant names gets a token for the grant's audience.
+    /// Client authentication is optional; when present, the token names that client.
+    pub(super) fn jwt_bearer(
+        &self,
+        auth: &ClientAuth,
+        params: &Params,
+    ) -> Result<TokenResponse, OAuthError> {
+        let registry = self.registry.load();
+        let client = match auth {
+            ClientAuth::None => None,
+            other => Some(self.authenticate(&registry, other)?),
+        };
+        let assertion = params
+            .get("assertion")
+            .ok_or_else(|| OAuthError::invalid_request("assertion is required"))?;
+        let accepted = self.verify_external(assertion).map_err(|e| {
+            OAuthError::new(ErrorCode::InvalidGrant, format!("assertion refused: {e}"))
+        })?;
+        let asked = requested_audience(params)?;
+        for v in &accepted {
+            let audience = match &asked {
+                Some(a) => a.clone(),
+                None => match registry
+                    .issuer_grant_audiences(&v.trusted_issuer, &v.sub)
+                    .as_slice()
+                {
+                    [only] => only.clone(),
+                    [] => continue,
+                    _ => {
+                        return Err(OAuthError::invalid_target(
+                            "name the audience (audience or resource parameter)",
+                        ));
+                    }
+                },
+            };
+            let grants = registry.issuer_grants_for(&v.trusted_issuer, &v.sub, &audience);
+            if grants.is_empty() {
+                continue;
+            }
+            let scope = grant_scopes(&registry, &grants, &audience, None, params)?;
+            let now = unix(self.clock.now());
+            let lifetime =
+                JWT_BEARER_LIFETIME.min(Duration::from_secs(v.exp.saturating_sub(now).max(1)));
+            return self.mint(Mint {
+                sub: v.sub.clone(),
+                client_id: client
+                    .as_ref()
+                    .map_or_else(|| v.sub.clone(), |c| c.client_id.clone()),
+                lifetime,
+                audience,
+                scope,
+                tenant: grants.iter().find_map(|g| g.tenant.clone()),
+                act: None,
+            });
+        }
+        Err(OAuthError::invalid_target(
+            "no TokenGrant lets this subject get tokens for that audience",
+        ))
+    }
+
+    /// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693). The client
+    /// authenticates; the `subject_token` is one of our access tokens or a trusted issuer's
+    /// JWT. Exchanging its own token is impersonation (no `act`); anyone else's is delegation,
+    /// allowed only by a TokenGrant with `delegation` that covers the subject, and the new
+    /// token keeps the subject's `sub` and says who acts in `act` (prior actors nested).
+    pub(super) fn token_exchange(
+        &self,
+        auth: &ClientAuth,
+        params: &Params,
+    ) -> Result<TokenResponse, OAuthError> {
+        let registry = self.registry.load();
+        let client = self.authenticate(&registry, auth)?;
+        if let Some(t) = params.get("requested_token_type")
+            && t != ACCESS_TOKEN_TYPE
+            && t != JWT_TYPE
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "requested_token_type {t} cannot be issued"
+            )));
+        }
+        let subject_token = params
+            .get("subject_token")
+            .ok_or_else(|| OAuthError::invalid_request("subject_token is required"))?;
+        let subject_type = params
+            .get("subject_token_type")
+            .ok_or_else(|| OAuthError::invalid_request("subject_token_type is required"))?;
+        if subject_type != ACCESS_TOKEN_TYPE && subject_type != JWT_TYPE {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token_type {subject_type} is not supported"
+            )));
+        }
+        if let Some(actor) = params.get("actor_token") {
+            // The actor is the authenticated client; an actor token must say the same.
+            if params.get("actor_token_type").is_none() {
+                return Err(OAuthError::invalid_request(
+                    "actor_token_type is required with actor_token",
+                ));
+            }
+            let same = self
+                .verify_own(actor)
+                .is_some_and(|c| c.sub == client.client_id)
+                || self.verify_external(actor).is_ok_and(|vs| {
+                    vs.iter()
+                        .any(|v| client.federated.iter().any(|m| federated_match(m, v)))
+                });
+            if !same {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "actor_token does not identify the authenticated client",
+                ));
+            }
+        }
+        let subject = self.exchange_subject(subject_token)?;
+        let audience = self.audience(&client, params)?;
+        let own = subject.issuer.is_none() && subject.sub == client.client_id;
+        let grants: Vec<&Grant> = registry
+            .grants_for(&client, &audience)
+            .into_iter()
+            .filter(|g| own || delegation_allows(g, &subject))
+            .collect();
+        if grants.is_empty() {
+            return Err(if own {
+                OAuthError::invalid_target(format!(
+                    "no TokenGrant lets this client get tokens for {audience}"
+                ))
+            } else {
+                OAuthError::new(
+                    ErrorCode::UnauthorizedClient,
+                    format!("no TokenGrant lets this client act for that subject at {audience}"),
+                )
+            });
+        }
+        if !own && let Some(may_act) = &subject.may_act {
+            let allowed = may_act.get("sub").and_then(Value::as_str)
+                == Some(client.client_id.as_str())
+                && may_act
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .is_none_or(|iss| iss == self.config.issuer);
+            if !allowed {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "the subject token's may_act does not name this client",
+                ));
+            }
+        }
+        let scope = grant_scopes(&registry, &grants, &audience, Some(&client.scopes), params)?;
+        let now = unix(self.clock.now());
+        let remaining = Duration::from_secs(subject.exp.saturating_sub(now).max(1));
+        let act = (!own).then(|| {
+            let mut act = json!({ "sub": client.client_id });
+            if let Some(prior) = &subject.act {
+                act["act"] = prior.clone();
+            }
+            act
+        });
+        let mut resp = self.mint(Mint {
+            sub: subject.sub.clone(),
+            client_id: client.client_id.clone(),
+            lifetime: client.token_lifetime.min(remaining),
+            audience,
+            scope,
+            tenant: grants.iter().find_map(|g| g.tenant.clone()),
+            act,
+        })?;
+        resp.issued_token_type = Some(ACCESS_TOKEN_TYPE.into());
+        Ok(resp)
+    }
+
+    /// The subject of an exchange: our own unrevoked token, or a trusted issuer's JWT.
+    fn exchange_subject(&self, token: &str) -> Result<Subject, OAuthError> {
+        let now = unix(self.clock.now());
+        if let Some(c) = self.verify_own(token) {
+            if self.revoked.contains(&c.jti, now) {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "subject_token is revoked",
+                ));
+            }
+            return Ok(own_subject(c));
+        }
+        let accepted = self.verify_external(token).map_err(|e| {
+            OAuthError::new(
+                ErrorCode::InvalidGrant,
+                format!("subject_token refused: {e}"),
+            )
+        })?;
+        let v = accepted
+            .into_iter()
+            .next()
+            .expect("verify_any returns at least one");
+        Ok(Subject {
+            sub: v.sub,
+            issuer: Some(v.trusted_issuer),
+            exp: v.exp,
+            act: v.claims.get("act").cloned(),
+            may_act: v.claims.get("may_act").cloned(),
+        })
+    }
+}
+
+fn own_subject(c: AccessClaims) -> Subject {
+    Subject {
+        sub: c.sub,
+        issuer: None,
+        exp: c.exp,
+        act: c.act,
+        may_act: None,
+    }
+}
+
+/// Whether a grant's `delegation` covers the subject: our own tokens always qualify as to
+/// issuer, external ones only from a listed TrustedIssuer; `subjects` empty means any.
+fn delegation_allows(g: &Grant, s: &Subject) -> bool {
+    let Some(rule) = &g.delegation else {
+        return false;
+    };
+    let issuer_ok = s.issuer.as_ref().is_none_or(|i| rule.issuers.contains(i));
+    let subject_ok =
+        rule.subjects.is_empty() || rule.subjects.iter().any(|p| wildcard_match(p, &s.sub));
+    issuer_ok && subject_ok
+}
+
+/// Whether an accepted external JWT matches a `federated` entry.
+fn federated_match(m: &FederatedMatch, v: &Verified) -> bool {
+    m.issuer == v.trusted_issuer
+        && wildcard_match(&m.subject, &v.sub)
+        && m.audience.as_ref().is_none_or(|a| v.aud.contains(a))
+        && m.claims
+            .iter()
+            .all(|(k, want)| v.claims.get(k).and_then(Value::as_str) == Some(want.as_str()))
+}
+
+/// The one audience asked for, if any (`audience` or `resource`).
+fn requested_audience(params: &Params) -> Result<Option<String>, OAuthError> {
+    let mut asked: Vec<&String> = params
+        .all("audience")
+        .iter()
+        .chain(params.all("resource"))
+        .collect();
+    asked.dedup();
+    match asked.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).clone())),
+        _ => Err(OAuthError::invalid_target("ask for one audience per token")),
+    }
+}
+
+/// requested ∩ ceiling ∩ granted ∩ the API's scopes (all granted when none is asked).
+fn grant_scopes(
+    registry: &Registry,
+    grants: &[&Grant],
+    audience: &str,
+    ceiling: Option<&[String]>,
+    params: &Params,
+) -> Result<Vec<String>, OAuthError> {
+    let granted: Vec<String> = grants
+        .iter()
+        .flat_map(|g| g.scopes.iter().cloned())
+        .collect();
+    let defined = registry
+        .api(audience)
+        .map(|a| a.scopes.as_slice())
+        .unwrap_or_default();
+    let everything = ["*".to_owned()];
+    let ceiling = ceiling.unwrap_or(&everything);
+    scopes::resolve(&params.scopes(), ceiling, &granted, defined)
+        .map_err(|s| OAuthError::new(ErrorCode::InvalidScope, format!("scope {s} is not granted")))
+}
