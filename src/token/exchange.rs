@@ -363,3 +363,115 @@ fn grant_scopes(
     scopes::resolve(&params.scopes(), ceiling, &granted, defined)
         .map_err(|s| OAuthError::new(ErrorCode::InvalidScope, format!("scope {s} is not granted")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(sub: &str, aud: &[&str], claims: Value) -> Verified {
+        Verified {
+            trusted_issuer: "team/idp".into(),
+            iss: "https://idp".into(),
+            sub: sub.into(),
+            aud: aud.iter().map(|a| (*a).to_owned()).collect(),
+            exp: 0,
+            iat: None,
+            jti: None,
+            claims: claims.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn federated_entries_match_issuer_subject_audience_and_claims() {
+        let m = FederatedMatch {
+            issuer: "team/idp".into(),
+            subject: "repo:org/*:ref:refs/heads/main".into(),
+            audience: Some("s2s".into()),
+            claims: vec![("environment".into(), "prod".into())],
+        };
+        let ok = json!({"environment": "prod"});
+        assert!(federated_match(
+            &m,
+            &verified("repo:org/app:ref:refs/heads/main", &["s2s"], ok.clone())
+        ));
+        // Each condition alone fails the match.
+        assert!(!federated_match(
+            &m,
+            &verified("repo:org/app:ref:refs/heads/dev", &["s2s"], ok.clone())
+        ));
+        assert!(!federated_match(
+            &m,
+            &verified("repo:org/app:ref:refs/heads/main", &["other"], ok.clone())
+        ));
+        assert!(!federated_match(
+            &m,
+            &verified(
+                "repo:org/app:ref:refs/heads/main",
+                &["s2s"],
+                json!({"environment": "dev"})
+            )
+        ));
+        assert!(!federated_match(
+            &m,
+            &verified(
+                "repo:org/app:ref:refs/heads/main",
+                &["s2s"],
+                json!({"environment": 1})
+            )
+        ));
+        assert!(!federated_match(
+            &m,
+            &verified("repo:org/app:ref:refs/heads/main", &["s2s"], json!({}))
+        ));
+        let mut other_issuer = verified("repo:org/app:ref:refs/heads/main", &["s2s"], ok);
+        other_issuer.trusted_issuer = "elsewhere/idp".into();
+        assert!(!federated_match(&m, &other_issuer));
+    }
+
+    #[test]
+    fn delegation_rules_cover_issuers_and_subjects() {
+        let grant = |rule: Option<DelegationRuleT>| Grant {
+            namespace: "n".into(),
+            name: "g".into(),
+            audience: "a".into(),
+            scopes: vec![],
+            tenant: None,
+            delegation: rule,
+        };
+        let subject = |sub: &str, issuer: Option<&str>| Subject {
+            sub: sub.into(),
+            issuer: issuer.map(str::to_owned),
+            exp: 0,
+            act: None,
+            may_act: None,
+        };
+        assert!(
+            !delegation_allows(&grant(None), &subject("u", None)),
+            "no delegation, no exchange"
+        );
+        let any_of_ours = grant(Some(DelegationRuleT::default()));
+        assert!(delegation_allows(&any_of_ours, &subject("anyone", None)));
+        assert!(!delegation_allows(
+            &any_of_ours,
+            &subject("anyone", Some("team/idp"))
+        ));
+        let users = grant(Some(DelegationRuleT {
+            issuers: vec!["team/idp".into()],
+            subjects: vec!["user:*".into()],
+        }));
+        assert!(delegation_allows(
+            &users,
+            &subject("user:alice", Some("team/idp"))
+        ));
+        assert!(!delegation_allows(
+            &users,
+            &subject("svc:x", Some("team/idp"))
+        ));
+        assert!(!delegation_allows(
+            &users,
+            &subject("user:alice", Some("other/idp"))
+        ));
+    }
+
+    use super::super::registry::DelegationRule as DelegationRuleT;
+}
