@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/tenants", get(tenants))
         .with_state(state)
 }
 
@@ -169,6 +170,19 @@ async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
         }
     };
     let grant_type = metrics::grant_type_label(params.get("grant_type"));
+    if params.all("tenant").len() > 1 {
+        return match s.core.tenant_tokens(&auth, &params) {
+            Ok(v) => {
+                s.metrics.observe("token", grant_type, "ok", start);
+                json_response(StatusCode::OK, serde_json::to_vec(&v).expect("serializes"))
+            }
+            Err(e) => {
+                s.metrics
+                    .observe("token", grant_type, e.code.as_str(), start);
+                error_response(StatusCode::BAD_REQUEST, &e)
+            }
+        };
+    }
     match s.core.token(&auth, &params) {
         Ok(resp) => {
             s.metrics.observe("token", grant_type, "ok", start);
@@ -269,6 +283,39 @@ async fn jwks(State(s): State<Arc<AppState>>) -> Response {
         body.as_ref().clone(),
     )
         .into_response()
+}
+
+/// `GET /v1/tenants?limit=&page_token=`, authenticated with HTTP Basic (the client id and
+/// secret).
+async fn tenants(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let start = Instant::now();
+    if let Some(resp) = not_ready(&s, "tenants", start) {
+        return resp;
+    }
+    let query: std::collections::BTreeMap<String, String> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let result = Params::parse(b"")
+        .and_then(|p| ClientAuth::from_request(authorization, &p))
+        .and_then(|auth| s.core.tenants(&auth, &query));
+    match result {
+        Ok(v) => {
+            s.metrics.observe("tenants", "none", "ok", start);
+            json_response(StatusCode::OK, serde_json::to_vec(&v).expect("serializes"))
+        }
+        Err(e) => {
+            s.metrics.observe("tenants", "none", e.code.as_str(), start);
+            error_response(StatusCode::BAD_REQUEST, &e)
+        }
+    }
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {

@@ -75,6 +75,8 @@ pub struct Config {
     pub max_assertion_lifetime: Duration,
     /// Tolerance for `exp`, `nbf` and `iat` of assertions.
     pub clock_skew: Duration,
+    /// Most tenants one token request may name (one token each).
+    pub max_tenants_per_request: usize,
 }
 
 impl Config {
@@ -85,6 +87,7 @@ impl Config {
             max_token_lifetime: Duration::from_secs(24 * 3600),
             max_assertion_lifetime: Duration::from_secs(300),
             clock_skew: Duration::from_secs(60),
+            max_tenants_per_request: 5,
         }
     }
 
@@ -334,6 +337,14 @@ impl Core {
         }
         let registry = self.registry.load();
         let client = self.authenticate(&registry, auth)?;
+        if let [tenant] = params.all("tenant") {
+            return self.tenant_token(&registry, &client, tenant, params);
+        }
+        if params.all("tenant").len() > 1 {
+            return Err(OAuthError::invalid_request(
+                "several tenants: ask the multi-tenant form (one token per tenant)",
+            ));
+        }
         let audience = self.audience(&client, params)?;
         let grants = registry.grants_for(&client, &audience);
         if grants.is_empty() {

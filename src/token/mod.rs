@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod registry;
 pub mod request;
 pub mod scopes;
+pub mod tenants;
 
 pub use self::core::{AccessClaims, Clock, Config, Core, KeySet, SystemClock, TokenResponse};
 pub use error::{ErrorCode, OAuthError};

@@ -253,6 +253,27 @@ impl Registry {
         out
     }
 
+    /// Every grant standing for a tenant that lets `client` get tokens (under the namespace
+    /// rule), sorted by tenant then audience.
+    pub fn tenant_grants<'a>(&'a self, client: &Client) -> Vec<&'a Grant> {
+        let Some(grants) = self
+            .grants
+            .get(&(client.namespace.clone(), client.name.clone()))
+        else {
+            return vec![];
+        };
+        let mut out: Vec<&Grant> = grants
+            .iter()
+            .filter(|g| g.tenant.is_some())
+            .filter(|g| match self.apis.get(&g.audience) {
+                Some(api) => api.namespace == g.namespace,
+                None => self.allow_unclaimed_audiences,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.tenant, &a.audience).cmp(&(&b.tenant, &b.audience)));
+        out
+    }
+
     fn in_owner_namespace<'a>(
         &self,
         grants: Option<&'a Vec<Grant>>,

@@ -13,9 +13,10 @@ use super::error::OAuthError;
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Parameters that RFC 8707 lets a request repeat.
-const REPEATABLE: &[&str] = &["resource", "audience"];
+const REPEATABLE: &[&str] = &["resource", "audience", "tenant"];
 
-/// The form parameters of a request, each name at most once (but `resource` and `audience`).
+/// The form parameters of a request, each name at most once (but `resource`, `audience` and
+/// `tenant`).
 #[derive(Debug, Default)]
 pub struct Params {
     single: HashMap<String, String>,
