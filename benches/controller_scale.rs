@@ -129,6 +129,7 @@ async fn time_to_ready(n: usize) {
             identity: "bench".into(),
             lease: Timing::default(),
             concurrency: 16,
+            revocation_prune_every: Duration::from_secs(300),
         },
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),

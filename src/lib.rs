@@ -25,6 +25,7 @@
 //! * [`signing_keys`]: the lifecycle of the operator's token-signing keys.
 //! * [`trusted_issuer`]: TrustedIssuer keys (discovery, fetching, caching, refresh) and the
 //!   validation of external JWTs against them.
+//! * [`revocation`]: the deny list kept in a ConfigMap, watched by every token server.
 //! * [`store`]: resources to the token core's read model.
 //! * [`token`]: the issuing core (authenticate, authorize, mint, introspect, revoke); no
 //!   `kube`.
@@ -41,6 +42,7 @@ pub mod crypto;
 pub mod dev;
 pub mod http;
 pub mod k8s;
+pub mod revocation;
 pub mod service_account;
 pub mod signing_keys;
 pub mod store;

@@ -276,6 +276,7 @@ async fn controller(
             renew_every: args.lease_retry_period,
         },
         concurrency: args.concurrency,
+        revocation_prune_every: std::time::Duration::from_secs(300),
     };
     let metrics = std::sync::Arc::new(controller::Metrics::new());
     let (leading_tx, _) = tokio::sync::watch::channel(false);

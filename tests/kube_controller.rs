@@ -78,6 +78,7 @@ fn start_controller(client: Client, identity: &str, issuer: &str, policy: Policy
         identity: identity.into(),
         lease: fast_lease(),
         concurrency: 16,
+        revocation_prune_every: Duration::from_secs(1),
     };
     let task = tokio::spawn(controller::run(
         client,
@@ -281,6 +282,120 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
         assert!(!ti.key_ids.is_empty());
         assert!(ti.last_error.is_none());
     }
+
+    // A token revoked through one token server is inactive in another (the deny list lives
+    // in the API), and expired entries leave the list.
+    let port2 = free_port();
+    let issuer2 = format!("http://127.0.0.1:{port2}");
+    let server2 = start_token_server(api.client_as("s2s-token-server"), port2, &issuer).await;
+    wait_ready(&issuer2).await;
+    let audience = "https://orders.team.example.com";
+    let accounts: Api<s2s_operator::api::ServiceAccount> = Api::namespaced(admin.clone(), "team");
+    let grants: Api<s2s_operator::api::TokenGrant> = Api::namespaced(admin.clone(), "team");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                "metadata": {"name": "rev", "namespace": "team"},
+                "spec": {"scopes": ["orders:read"], "audiences": [audience], "authentication": {"clientSecret": {"secretName": "rev"}}}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    grants
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+                "metadata": {"name": "rev", "namespace": "team"},
+                "spec": {"subject": {"serviceAccount": {"name": "rev"}}, "audience": audience, "scopes": ["orders:read"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    scenario::wait_ready(&accounts, "rev", Duration::from_secs(20)).await;
+    let rev = scenario::strings(
+        &Api::<Secret>::namespaced(admin.clone(), "team")
+            .get("rev")
+            .await
+            .unwrap(),
+    );
+    let (id, secret) = (rev["client_id"].clone(), rev["client_secret"].clone());
+    let token = eventually(Duration::from_secs(10), "a token from server 1", || async {
+        scenario::client_credentials(
+            &format!("{issuer}/oauth2/token"),
+            &id,
+            &secret,
+            audience,
+            "orders:read",
+        )
+        .await
+        .map_err(|e| eprintln!("token from server 1: {e}"))
+        .ok()
+    })
+    .await;
+    let form = |url: String, body: String| {
+        let (id, secret) = (id.clone(), secret.clone());
+        async move {
+            let r = support::http()
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let token_param = format!("token={token}");
+    let active = |url: String| {
+        let f = form(url, token_param.clone());
+        async move { f.await.1["active"].as_bool() }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "server 2 to know the token",
+        || async {
+            (active(format!("{issuer2}/oauth2/introspect")).await == Some(true)).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = form(format!("{issuer}/oauth2/revoke"), token_param.clone()).await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "server 2 to see the revocation",
+        || async {
+            (active(format!("{issuer2}/oauth2/introspect")).await == Some(false)).then_some(())
+        },
+    )
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(admin.clone(), OP_NS);
+    cms.patch(
+        "s2s-revocations",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"j.long-expired": "1"}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "expired entries pruned",
+        || async {
+            let cm = cms.get("s2s-revocations").await.ok()?;
+            let data = cm.data.unwrap_or_default();
+            (!data.contains_key("j.long-expired") && data.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let _ = server2.send(true);
 
     // The signing keys live in one Secret in the operator namespace, without an owner.
     let keys: Api<Secret> = Api::namespaced(admin.clone(), OP_NS);

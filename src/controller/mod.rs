@@ -48,6 +48,8 @@ pub struct Options {
     pub lease: Timing,
     /// How many accounts are reconciled at once.
     pub concurrency: u16,
+    /// How often expired entries leave the revocation list.
+    pub revocation_prune_every: std::time::Duration,
 }
 
 /// A stop signal shared by every task: `true` once shutdown began.
@@ -171,8 +173,14 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
             tracing::debug!(error = %e, "controller event");
         }
     });
+    let revocations = crate::revocation::maintain(
+        client.clone(),
+        options.namespace.clone(),
+        clock.clone(),
+        options.revocation_prune_every,
+    );
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
-    tokio::join!(accounts_loop, issuers_loop, keys);
+    tokio::join!(accounts_loop, issuers_loop, keys, revocations);
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

@@ -31,6 +31,18 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Whether the read model has been loaded (`/readyz`).
     pub ready: AtomicBool,
+    /// Where revocations go to reach every replica (the API in a cluster; none in `dev`).
+    pub revocation_sink: std::sync::OnceLock<Arc<dyn RevocationSink>>,
+}
+
+/// Records a revoked token where every token-server replica sees it.
+pub trait RevocationSink: Send + Sync {
+    /// Records `jti` as revoked until `exp`.
+    fn revoke(
+        &self,
+        jti: String,
+        exp: u64,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>>;
 }
 
 impl AppState {
@@ -40,6 +52,7 @@ impl AppState {
             core,
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
+            revocation_sink: std::sync::OnceLock::new(),
         })
     }
 
@@ -240,11 +253,45 @@ async fn introspect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 }
 
 async fn revoke(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    form_endpoint(&s, "revoke", &headers, body, |auth, params| {
-        s.core.revoke(auth, params)?;
-        Ok(no_store(StatusCode::OK.into_response()))
-    })
-    .await
+    let start = Instant::now();
+    if let Some(resp) = not_ready(&s, "revoke", start) {
+        return resp;
+    }
+    let outcome = match read_form(&headers, body).await {
+        Ok((auth, params)) => s
+            .core
+            .revoke(&auth, &params)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Err(e) => Err(e),
+    };
+    let result = match outcome {
+        Ok(Some((jti, exp))) => match s.revocation_sink.get() {
+            // Recorded on the shared list before we say it is revoked (RFC 7009 §2.2).
+            Some(sink) => sink.revoke(jti, exp).await.map_err(|e| {
+                tracing::warn!(error = %e, "could not record a revocation");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    OAuthError::new(
+                        ErrorCode::TemporarilyUnavailable,
+                        "the revocation could not be recorded; retry",
+                    ),
+                )
+            }),
+            None => Ok(()),
+        },
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            s.metrics.observe("revoke", "none", "ok", start);
+            no_store(StatusCode::OK.into_response())
+        }
+        Err((status, e)) => {
+            s.metrics.observe("revoke", "none", e.code.as_str(), start);
+            error_response(status, &e)
+        }
+    }
 }
 
 async fn metadata(State(s): State<Arc<AppState>>) -> Response {

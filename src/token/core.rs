@@ -18,6 +18,7 @@ use super::registry::{Client, Registry};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 use crate::crypto::{self, Jwk, SigningKey};
+use crate::revocation::DenyList;
 use crate::trusted_issuer::verify::Issuers;
 
 /// `grant_type` of the client credentials grant.
@@ -232,6 +233,8 @@ pub struct Core {
     pub(super) revoked: JtiSet,
     /// Keys of the trusted issuers.
     pub(super) issuers: ArcSwap<Issuers>,
+    /// The shared deny list (from the API in a cluster).
+    pub(super) deny: ArcSwap<DenyList>,
     /// Called with a TrustedIssuer (`namespace/name`) when a JWT names a `kid` it does not
     /// know, so its keys are fetched again (rate-limited by the callee).
     pub(super) unknown_kid: Mutex<Option<UnknownKidHook>>,
@@ -251,6 +254,7 @@ impl Core {
             used_assertions: JtiSet::default(),
             revoked: JtiSet::default(),
             issuers: ArcSwap::from_pointee(Issuers::default()),
+            deny: ArcSwap::from_pointee(DenyList::default()),
             unknown_kid: Mutex::new(None),
         }
     }
@@ -258,6 +262,17 @@ impl Core {
     /// Replaces the trusted issuers and their keys.
     pub fn set_issuers(&self, issuers: Issuers) {
         self.issuers.store(Arc::new(issuers));
+    }
+
+    /// Replaces the shared deny list (after its ConfigMap changed).
+    pub fn set_deny_list(&self, deny: DenyList) {
+        self.deny.store(Arc::new(deny));
+    }
+
+    /// Whether one of our tokens has been revoked: here, or on the shared list.
+    pub(super) fn is_void(&self, c: &AccessClaims, now: u64) -> bool {
+        self.revoked.contains(&c.jti, now)
+            || self.deny.load().denies(&c.jti, &c.sub, &c.aud, c.iat, now)
     }
 
     /// The trusted issuers in force.
@@ -589,7 +604,7 @@ impl Core {
         let Some(claims) = self.verify_own(token) else {
             return Ok(inactive);
         };
-        if self.revoked.contains(&claims.jti, now) {
+        if self.is_void(&claims, now) {
             return Ok(inactive);
         }
         let may_see =
@@ -604,8 +619,14 @@ impl Core {
     }
 
     /// `POST /oauth2/revoke` (RFC 7009). A client may revoke tokens issued to it; anything
-    /// else (unknown, expired, someone else's) is silently accepted, as §2.2 asks.
-    pub fn revoke(&self, auth: &ClientAuth, params: &Params) -> Result<(), OAuthError> {
+    /// else (unknown, expired, someone else's) is silently accepted, as §2.2 asks. Returns the
+    /// revoked token's id and expiry, for the caller to put on the shared deny list; this
+    /// replica stops accepting it at once.
+    pub fn revoke(
+        &self,
+        auth: &ClientAuth,
+        params: &Params,
+    ) -> Result<Option<(String, u64)>, OAuthError> {
         let registry = self.registry.load();
         let caller = self.authenticate(&registry, auth)?;
         let token = params
@@ -626,8 +647,9 @@ impl Core {
             self.revoked
                 .insert(&claims.jti, claims.exp, unix(self.clock.now()));
             tracing::info!(client_id = %caller.client_id, jti = %claims.jti, "token revoked");
+            return Ok(Some((claims.jti, claims.exp)));
         }
-        Ok(())
+        Ok(None)
     }
 }
 

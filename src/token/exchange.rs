@@ -267,7 +267,7 @@ impl Core {
     fn exchange_subject(&self, token: &str) -> Result<Subject, OAuthError> {
         let now = unix(self.clock.now());
         if let Some(c) = self.verify_own(token) {
-            if self.revoked.contains(&c.jti, now) {
+            if self.is_void(&c, now) {
                 return Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
                     "subject_token is revoked",

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -25,7 +25,9 @@ use tokio::sync::Notify;
 
 use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
 use crate::controller::{Stop, stopped};
+use crate::http::RevocationSink;
 use crate::http::{self, AppState};
+use crate::revocation;
 use crate::signing_keys::{self, SECRET_NAME};
 use crate::store;
 use crate::token::{Clock, Config, Core, KeySet};
@@ -74,6 +76,7 @@ struct Model {
     grants: Store<TokenGrant>,
     issuers: Store<TrustedIssuer>,
     keys: Store<Secret>,
+    revocations: Store<ConfigMap>,
     state: Arc<AppState>,
     clock: Arc<dyn Clock>,
     allow_unclaimed_audiences: bool,
@@ -125,7 +128,24 @@ pub async fn run(
     let (grants, grants_w) = reflector::store();
     let (issuers, issuers_w) = reflector::store();
     let (keys, keys_w) = reflector::store();
-    let watches = futures::future::join4(
+    let (revocations, revocations_w) = reflector::store();
+    let revocations_watch = drive(
+        reflector::reflector(
+            revocations_w,
+            watcher(
+                Api::<ConfigMap>::namespaced(client.clone(), &options.namespace),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={}", revocation::CONFIGMAP_NAME)),
+            ),
+        ),
+        &changed,
+    );
+    let _ = state.revocation_sink.set(Arc::new(ApiRevocations {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+    }));
+    let watches = futures::future::join5(
+        revocations_watch,
         drive(
             reflector::reflector(
                 accounts_w,
@@ -190,6 +210,7 @@ pub async fn run(
         grants,
         issuers,
         keys,
+        revocations,
         state: state.clone(),
         clock,
         allow_unclaimed_audiences: options.allow_unclaimed_audiences,
@@ -240,6 +261,7 @@ impl Model {
         let _ = self.grants.wait_until_ready().await;
         let _ = self.issuers.wait_until_ready().await;
         let _ = self.keys.wait_until_ready().await;
+        let _ = self.revocations.wait_until_ready().await;
         loop {
             let wait = self.rebuild();
             tokio::select! {
@@ -268,6 +290,15 @@ impl Model {
             .map(|g| g.as_ref().clone())
             .collect();
         let registry = store::build_registry(&accounts, &grants, self.allow_unclaimed_audiences);
+        let deny = self
+            .revocations
+            .state()
+            .into_iter()
+            .next()
+            .and_then(|cm| cm.data.clone())
+            .map(|d| revocation::DenyList::from_data(&d))
+            .unwrap_or_default();
+        self.state.core.set_deny_list(deny);
         self.state.core.set_registry(registry);
         // A deleted TrustedIssuer leaves the snapshot published by this call.
         let trusted = self.issuers.state();
@@ -315,5 +346,26 @@ impl Model {
         Ok(signing_keys::next_transition(&records, now)
             .map(|t| Duration::from_secs(t.saturating_sub(now).max(1)))
             .unwrap_or(Duration::from_secs(300)))
+    }
+}
+
+/// Revocations go to the shared ConfigMap, which every replica watches.
+struct ApiRevocations {
+    client: Client,
+    namespace: String,
+}
+
+impl RevocationSink for ApiRevocations {
+    fn revoke(
+        &self,
+        jti: String,
+        exp: u64,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let (client, namespace) = (self.client.clone(), self.namespace.clone());
+        Box::pin(async move {
+            revocation::revoke_jti(&client, &namespace, &jti, exp)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
