@@ -34,8 +34,11 @@
 //! * [`controller`]: `s2s-operator controller`: leader election, the ServiceAccount
 //!   controller and the signing-key manager against the Kubernetes API.
 //! * [`dev`]: `s2s-operator dev`, everything in one process from manifest files.
+//! * [`agent`]: `s2s-operator agent`, the workload sidecar: mounted credentials to cached,
+//!   refreshed access tokens on loopback and in files.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod controller;
 pub mod crypto;

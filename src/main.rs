@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use s2s_operator::{
-    api, controller, crypto::KeyAlgorithm, dev, k8s, signing_keys, token, token_server,
+    agent, api, controller, crypto::KeyAlgorithm, dev, k8s, signing_keys, token, token_server,
 };
 
 /// Service-to-service authentication for Kubernetes.
@@ -27,6 +27,9 @@ enum Command {
     Controller(ControllerArgs),
     /// The OAuth 2.0 token server, fed by watches of the cluster's resources.
     TokenServer(TokenServerArgs),
+    /// Workload sidecar: mounted credentials to cached, refreshed access tokens on loopback
+    /// and in files.
+    Agent(AgentArgs),
     /// Print the CustomResourceDefinitions (the source of `crds/`).
     Crdgen {
         /// Write one file per kind into this folder instead of printing them.
@@ -156,6 +159,45 @@ struct TokenServerArgs {
     allow_unclaimed_audiences: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The mounted credentials Secret (`client_id`, `client_secret` or `private_key.pem`,
+    /// `token_url`, …); read again for every token request, so rotations need no restart.
+    #[arg(long, env = "S2S_AGENT_CREDENTIALS", value_name = "DIR")]
+    credentials: Option<PathBuf>,
+    /// Where the application asks for tokens (`GET /v1/token?audience=…&scope=…`).
+    #[arg(long, env = "S2S_AGENT_LISTEN", default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Serve on an address other than loopback (anyone who can connect gets tokens).
+    #[arg(long, env = "S2S_AGENT_ALLOW_NON_LOOPBACK")]
+    allow_non_loopback: bool,
+    /// Folder for token files (a volume shared with the application).
+    #[arg(long, env = "S2S_AGENT_TOKEN_DIR", value_name = "DIR")]
+    token_dir: Option<PathBuf>,
+    /// A token file to keep fresh: `NAME=audience[,scope...]` writes `TOKEN_DIR/NAME`
+    /// (repeatable; the env var takes a space-separated list).
+    #[arg(
+        long = "token",
+        env = "S2S_AGENT_TOKENS",
+        value_name = "SPEC",
+        value_delimiter = ' '
+    )]
+    tokens: Vec<agent::TokenSpec>,
+    /// Projected service-account token for federated accounts; by default
+    /// `/var/run/secrets/tokens/s2s-token` if it exists.
+    #[arg(long, env = "S2S_AGENT_PROJECTED_TOKEN", value_name = "PATH")]
+    projected_token: Option<PathBuf>,
+    /// The token endpoint, when the credentials folder has no `token_url` (federated).
+    #[arg(long, env = "S2S_AGENT_TOKEN_URL")]
+    token_url: Option<String>,
+    /// Extra root certificates (PEM) to trust for the token endpoint (a private CA).
+    #[arg(long, env = "S2S_AGENT_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// Refresh a token after this fraction of its lifetime (±5 % jitter).
+    #[arg(long, env = "S2S_AGENT_REFRESH_AT", default_value_t = agent::DEFAULT_REFRESH_AT)]
+    refresh_at: f64,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Alg {
     #[value(name = "ES256")]
@@ -195,6 +237,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crdgen { output_dir } => crdgen(output_dir),
         Command::Dev(args) => run_dev(args),
+        Command::Agent(args) => run_agent(args),
         Command::Controller(args) => run_cluster(|client, stop| controller(client, args, stop)),
         Command::TokenServer(args) => run_cluster(|client, stop| token_server(client, args, stop)),
     }
@@ -372,6 +415,37 @@ fn run_dev(args: DevArgs) -> ExitCode {
         let _ = tokio::signal::ctrl_c().await;
     };
     match runtime.block_on(dev::run(options, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(args: AgentArgs) -> ExitCode {
+    init_tracing();
+    let mut options = agent::Options::new(PathBuf::new());
+    options.credentials = args.credentials;
+    options.listen = args.listen;
+    options.allow_non_loopback = args.allow_non_loopback;
+    options.token_dir = args.token_dir;
+    options.tokens = args.tokens;
+    options.projected_token = agent::projected_token_or_default(args.projected_token);
+    options.token_url = args.token_url;
+    options.ca_file = args.ca_file;
+    options.refresh_at = args.refresh_at;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(options, terminated())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

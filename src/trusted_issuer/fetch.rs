@@ -28,6 +28,35 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The discovery path of the API server's service-account issuer.
 pub const KUBERNETES_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
+/// An HTTPS connector (rustls with aws-lc-rs) trusting the system's root certificates and
+/// `extra_roots`, that also speaks plain `http` (callers decide which URLs they allow), with
+/// [`TIMEOUT`] on connecting. Shared by the key fetcher and the workload agent.
+pub fn https_connector(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    let (extra, _ignored) = roots.add_parsable_certificates(extra_roots);
+    if added + extra == 0 {
+        tracing::warn!("no root certificates found: https requests will fail");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(TIMEOUT));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// What a fetch brought back.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fetched {
@@ -123,26 +152,7 @@ impl std::fmt::Debug for Fetcher {
 impl Fetcher {
     /// A fetcher trusting the system's root certificates; `kube` serves the kubernetes preset.
     pub fn new(kube: Option<kube::Client>) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            tracing::warn!("no system root certificates found: https key fetches will fail");
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = https_connector(Vec::new());
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
         Fetcher {
             http,

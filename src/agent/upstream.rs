@@ -1,0 +1,190 @@
+//! One `client_credentials` request to the token endpoint, over hyper-util's client with the
+//! HTTPS connector the key fetcher uses. Answers are sorted into what the cache needs: a
+//! token, an OAuth error to pass through to the application as it came, or a transient
+//! failure worth retrying.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use super::credentials::ClientAuth;
+use crate::trusted_issuer::fetch::https_connector;
+
+/// Largest token response read, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest one request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A token as the endpoint issued it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Issued {
+    /// The access token.
+    pub access_token: String,
+    /// `Bearer`.
+    #[serde(default = "bearer")]
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// The granted scopes.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+fn bearer() -> String {
+    "Bearer".into()
+}
+
+/// Why no token came back.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The endpoint refused with a 4xx and a JSON body: passed through, not retried.
+    #[error("token endpoint refused: HTTP {status}")]
+    Refused {
+        /// The status.
+        status: u16,
+        /// The JSON body (an RFC 6749 §5.2 error; no secret in it).
+        body: Bytes,
+    },
+    /// A 5xx, or a 4xx that is not OAuth JSON (a proxy in the way): retried.
+    #[error("token endpoint failed: HTTP {status}")]
+    Failed {
+        /// The status.
+        status: u16,
+        /// The JSON body, when there was one, to pass through if retries run out.
+        body: Option<Bytes>,
+    },
+    /// Connection, TLS, timeout or an unreadable answer: retried.
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl UpstreamError {
+    /// Whether trying again may help.
+    pub fn transient(&self) -> bool {
+        !matches!(self, UpstreamError::Refused { .. })
+    }
+
+    /// A stable name for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Failed { .. } => "server_error",
+            UpstreamError::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+/// The HTTP client for token requests.
+#[derive(Clone)]
+pub struct Upstream {
+    http: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// A client trusting the system's roots and `extra_roots`.
+    pub fn new(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https_connector(extra_roots));
+        Upstream { http }
+    }
+
+    /// `grant_type=client_credentials` for `audience` and `scopes`.
+    pub async fn client_credentials(
+        &self,
+        token_url: &str,
+        auth: ClientAuth,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<Issued, UpstreamError> {
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            form.append_pair("audience", audience);
+            if !scopes.is_empty() {
+                form.append_pair("scope", &scopes.join(" "));
+            }
+            for (k, v) in &auth.form {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
+        let uri: hyper::Uri = token_url
+            .parse()
+            .map_err(|_| UpstreamError::Unreachable("the token URL is not a URL".into()))?;
+        let mut request = hyper::Request::post(uri)
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("s2s-operator-agent/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(a) = auth.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, a);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let work = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| UpstreamError::Unreachable(innermost(&e)))?;
+            let status = response.status();
+            let json = response
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("application/json"));
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
+            if status.is_success() {
+                return serde_json::from_slice::<Issued>(&body).map_err(|_| {
+                    UpstreamError::Unreachable("the answer is not a token response".into())
+                });
+            }
+            let oauth_json = json
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v.get("error").is_some_and(|e| e.is_string()));
+            let status = status.as_u16();
+            Err(if oauth_json && (400..500).contains(&status) {
+                UpstreamError::Refused { status, body }
+            } else {
+                UpstreamError::Failed {
+                    status,
+                    body: oauth_json.then_some(body),
+                }
+            })
+        };
+        tokio::time::timeout(TIMEOUT, work)
+            .await
+            .map_err(|_| UpstreamError::Unreachable(format!("no answer within {TIMEOUT:?}")))?
+    }
+}
+
+/// The innermost cause of a client error (the outer ones say only "client error").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
