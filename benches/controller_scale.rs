@@ -130,6 +130,8 @@ async fn time_to_ready(n: usize) {
             lease: Timing::default(),
             concurrency: 16,
             revocation_prune_every: Duration::from_secs(300),
+            max_token_lifetime: Duration::from_secs(3600),
+            allow_unclaimed_audiences: false,
         },
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),

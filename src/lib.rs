@@ -22,6 +22,8 @@
 //! * [`crypto`]: random secrets, digests, key generation, JWKs, JWT signing; no `kube`.
 //! * [`service_account`]: the ServiceAccount reconcile as pure stages (credentials, rotation,
 //!   Secret layout, status).
+//! * [`token_grant`]: the TokenGrant reconcile as pure stages (audience ownership, subject,
+//!   revocation, the output token minted into a Secret and renewed before it expires).
 //! * [`signing_keys`]: the lifecycle of the operator's token-signing keys.
 //! * [`trusted_issuer`]: TrustedIssuer keys (discovery, fetching, caching, refresh) and the
 //!   validation of external JWTs against them.
@@ -31,8 +33,9 @@
 //!   `kube`.
 //! * [`http`]: the token server's endpoints (axum).
 //! * [`token_server`]: `s2s-operator token-server`: the core fed by watches, over HTTP(S).
-//! * [`controller`]: `s2s-operator controller`: leader election, the ServiceAccount
-//!   controller and the signing-key manager against the Kubernetes API.
+//! * [`controller`]: `s2s-operator controller`: leader election, the ServiceAccount,
+//!   TrustedIssuer and TokenGrant controllers and the signing-key manager against the
+//!   Kubernetes API.
 //! * [`dev`]: `s2s-operator dev`, everything in one process from manifest files.
 //! * [`agent`]: `s2s-operator agent`, the workload sidecar: mounted credentials to cached,
 //!   refreshed access tokens on loopback and in files.
@@ -50,5 +53,6 @@ pub mod service_account;
 pub mod signing_keys;
 pub mod store;
 pub mod token;
+pub mod token_grant;
 pub mod token_server;
 pub mod trusted_issuer;

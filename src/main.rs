@@ -138,6 +138,10 @@ struct ControllerArgs {
     /// How many ServiceAccounts are reconciled at once.
     #[arg(long, env = "S2S_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Let TokenGrants name audiences that no ServiceAccount claims (set it as on the token
+    /// server).
+    #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
+    allow_unclaimed_audiences: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -320,6 +324,8 @@ async fn controller(
         },
         concurrency: args.concurrency,
         revocation_prune_every: std::time::Duration::from_secs(300),
+        max_token_lifetime: args.cluster.max_token_lifetime,
+        allow_unclaimed_audiences: args.allow_unclaimed_audiences,
     };
     let metrics = std::sync::Arc::new(controller::Metrics::new());
     let (leading_tx, _) = tokio::sync::watch::channel(false);

@@ -79,6 +79,8 @@ fn start_controller(client: Client, identity: &str, issuer: &str, policy: Policy
         lease: fast_lease(),
         concurrency: 16,
         revocation_prune_every: Duration::from_secs(1),
+        max_token_lifetime: Duration::from_secs(3600),
+        allow_unclaimed_audiences: false,
     };
     let task = tokio::spawn(controller::run(
         client,

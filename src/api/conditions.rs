@@ -85,4 +85,8 @@ pub mod reasons {
     pub const FETCH_FAILED: &str = "FetchFailed";
     /// The grant was revoked by `spec.revoked`.
     pub const REVOKED: &str = "Revoked";
+    /// A token could not be minted or written; the previous one, if any, stays in place.
+    pub const ISSUE_FAILED: &str = "IssueFailed";
+    /// A grant's output token was renewed before it expired.
+    pub const RENEWED: &str = "Renewed";
 }

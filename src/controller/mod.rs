@@ -4,7 +4,8 @@
 //!
 //! Inside the lead: a kube-runtime `Controller` over ServiceAccounts that owns the Secrets
 //! it writes (watched by label), one over TrustedIssuers that reports their keys in status,
-//! and the signing-key manager.
+//! one over TokenGrants that owns their output Secrets and writes their revocations, and the
+//! signing-key manager.
 
 mod metrics;
 
@@ -19,13 +20,14 @@ use tokio::sync::watch;
 
 pub use metrics::{Metrics, health_router};
 
-use crate::api::{ServiceAccount, TrustedIssuer};
+use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
 use crate::k8s::lease::{Elector, Timing};
 use crate::k8s::{self, FIELD_MANAGER};
 use crate::service_account::controller::{self as sa_controller, Ctx};
 use crate::signing_keys::Policy;
 use crate::signing_keys::controller::KeyManager;
 use crate::token::Clock;
+use crate::token_grant::controller as grant_controller;
 use crate::trusted_issuer::cache::IssuerCache;
 use crate::trusted_issuer::controller as ti_controller;
 use crate::trusted_issuer::fetch::Fetcher;
@@ -50,6 +52,11 @@ pub struct Options {
     pub concurrency: u16,
     /// How often expired entries leave the revocation list.
     pub revocation_prune_every: std::time::Duration,
+    /// Upper bound on every token's lifetime: TokenGrant output tokens are capped by it, and
+    /// a revoked grant's deny-list entry outlives it.
+    pub max_token_lifetime: std::time::Duration,
+    /// Let TokenGrants name audiences that no ServiceAccount claims (as the token server).
+    pub allow_unclaimed_audiences: bool,
 }
 
 /// A stop signal shared by every task: `true` once shutdown began.
@@ -126,6 +133,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::all(client.clone());
     let controller = Controller::new(accounts, watcher::Config::default());
+    let account_store = controller.store();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         issuer: options.issuer.clone(),
@@ -159,20 +167,67 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         clock: clock.clone(),
         metrics: metrics.clone(),
     });
-    let issuers_loop = Controller::new(
+    let issuers_controller = Controller::new(
         Api::<TrustedIssuer>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .run(
-        ti_controller::reconcile,
-        ti_controller::error_policy,
-        issuers_ctx,
-    )
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "controller event");
-        }
+    );
+    let issuer_store = issuers_controller.store();
+    let issuers_loop = issuers_controller
+        .run(
+            ti_controller::reconcile,
+            ti_controller::error_policy,
+            issuers_ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let grants_controller = Controller::new(
+        Api::<TokenGrant>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let grant_store = grants_controller.store();
+    let grants_ctx = Arc::new(grant_controller::Ctx {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        issuer: options.issuer.clone(),
+        max_token_lifetime: options.max_token_lifetime,
+        allow_unclaimed_audiences: options.allow_unclaimed_audiences,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        accounts: account_store,
+        issuers: issuer_store,
+        clock: clock.clone(),
+        failures: Mutex::new(Default::default()),
+        metrics: metrics.clone(),
     });
+    let grants_loop = grants_controller
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&k8s::managed_selector()),
+        )
+        .watches(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+            move |sa| grant_controller::grants_for_account(&grant_store, &sa),
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
+        .run(
+            grant_controller::reconcile,
+            grant_controller::error_policy,
+            grants_ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
     let revocations = crate::revocation::maintain(
         client.clone(),
         options.namespace.clone(),
@@ -180,7 +235,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         options.revocation_prune_every,
     );
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
-    tokio::join!(accounts_loop, issuers_loop, keys, revocations);
+    tokio::join!(accounts_loop, issuers_loop, grants_loop, keys, revocations);
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

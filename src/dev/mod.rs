@@ -2,7 +2,8 @@
 //! no cluster. Manifests are read from files; every Secret the controller would create is
 //! written as a mounted-Secret tree, `STATE_DIR/<namespace>/<secret-name>/<key>`; statuses,
 //! ownership and the signing keys persist under the state dir, so nothing is regenerated on
-//! a restart. Manifests are polled and re-applied when they change.
+//! a restart. Manifests are polled and re-applied when they change, and at least every 30
+//! seconds (sooner when a TokenGrant's output token is due for renewal).
 
 mod manifests;
 mod state;
@@ -26,7 +27,8 @@ use crate::service_account::{
 };
 use crate::signing_keys::Policy;
 use crate::store;
-use crate::token::{Config, Core, SystemClock};
+use crate::token::{Config, Core, KeySet, SystemClock};
+use crate::token_grant;
 use crate::trusted_issuer::cache::{IssuerCache, IssuerStatus};
 use crate::trusted_issuer::fetch::Fetcher;
 
@@ -88,6 +90,14 @@ struct Dev {
     core: Arc<Core>,
     /// TrustedIssuer keys (the same cache and runner as the token server).
     trusted: IssuerCache,
+    /// When a TokenGrant's output token is next due, if sooner than the regular re-apply.
+    next_due: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// What one pass did, for people: one line per account and per grant.
+struct Applied {
+    accounts: Vec<String>,
+    grants: Vec<String>,
 }
 
 /// Runs `dev` until Ctrl-C (or `shutdown` resolves).
@@ -133,6 +143,7 @@ pub async fn run(
         state,
         core: core.clone(),
         trusted: trusted.clone(),
+        next_due: std::sync::Mutex::new(None),
     });
 
     let world = load(&dev.options.manifests);
@@ -186,15 +197,20 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Re-applies manifests when a file changes, and at least every 30 seconds (rotations and
-/// grace periods run on time, not on edits).
+/// Re-applies manifests when a file changes, and at least every 30 seconds (rotations, grace
+/// periods and token renewals run on time, not on edits), sooner when a grant's token is due.
 async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
     let mut since_apply = Duration::ZERO;
     loop {
         tokio::time::sleep(dev.options.poll_interval).await;
         since_apply += dev.options.poll_interval;
         let current = manifests::fingerprint(&dev.options.manifests);
-        if current != fingerprint || since_apply >= Duration::from_secs(30) {
+        let due = dev
+            .next_due
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|t| std::time::Instant::now() >= t);
+        if current != fingerprint || since_apply >= Duration::from_secs(30) || due {
             let changed = current != fingerprint;
             fingerprint = current;
             since_apply = Duration::ZERO;
@@ -203,10 +219,10 @@ async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
             if changed {
                 println!(
                     "manifests changed: {} account(s), {} grant(s) loaded",
-                    summary.len(),
+                    summary.accounts.len(),
                     world.grants.len()
                 );
-                for line in &summary {
+                for line in summary.accounts.iter().chain(&summary.grants) {
                     println!("{line}");
                 }
                 for line in dev.describe_issuers() {
@@ -218,16 +234,16 @@ async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
 }
 
 impl Dev {
-    /// Reconciles every account, writes what changed, rotates signing keys if due, and swaps
-    /// the token core's registry. Returns one line per account for people.
-    fn apply(&self, world: &Manifests) -> Vec<String> {
+    /// Reconciles every account and grant, writes what changed, rotates signing keys if due,
+    /// and swaps the token core's registry. Returns one line per account and grant for people.
+    fn apply(&self, world: &Manifests) -> Applied {
         for e in &world.errors {
             eprintln!("warning: {e}");
         }
         let now = SystemTime::now();
-        match state::load_signing_keys(&self.state, &key_policy(&self.options), now_unix()) {
-            Ok(keys) => self.core.set_keys(keys),
-            Err(e) => eprintln!("warning: signing keys: {e}"),
+        let keys = state::load_signing_keys(&self.state, &key_policy(&self.options), now_unix());
+        if let Err(e) = &keys {
+            eprintln!("warning: signing keys: {e}");
         }
         let claims = store::audience_claims(&world.accounts);
         let ctx = Context {
@@ -281,19 +297,9 @@ impl Dev {
             lines.push(self.describe(&sa));
             accounts.push(sa);
         }
-        for g in &world.grants {
-            let ns = g.namespace().unwrap_or_default();
-            let owner = claims
-                .get(&g.spec.audience)
-                .and_then(|o| o.split_once('/'))
-                .map(|(n, _)| n.to_owned());
-            if owner.as_deref() != Some(ns.as_str()) && !self.options.allow_unclaimed_audiences {
-                eprintln!(
-                    "warning: TokenGrant {}: AudienceNotOwned: no ServiceAccount in namespace {ns} claims {}; the grant opens nothing",
-                    store::key_of(g),
-                    g.spec.audience
-                );
-            }
+        let grants = self.apply_grants(world, &accounts, &keys, now);
+        if let Ok(keys) = keys {
+            self.core.set_keys(keys);
         }
         self.core.set_registry(store::build_registry(
             &accounts,
@@ -301,7 +307,110 @@ impl Dev {
             self.options.allow_unclaimed_audiences,
         ));
         self.trusted.set_issuers(&world.issuers);
+        Applied {
+            accounts: lines,
+            grants,
+        }
+    }
+
+    /// The TokenGrant reconcile for every grant: statuses under the state dir, output tokens
+    /// as mounted-Secret files. Deny-list entries have no shared list to go to here: a
+    /// revoked grant only stops issuing (the token server drops it) and loses its output token.
+    fn apply_grants(
+        &self,
+        world: &Manifests,
+        accounts: &[crate::api::ServiceAccount],
+        keys: &Result<KeySet, String>,
+        now: SystemTime,
+    ) -> Vec<String> {
+        let ctx = token_grant::Context { now };
+        let mut lines = vec![];
+        let mut next: Option<Duration> = None;
+        for g in &world.grants {
+            let mut g = g.clone();
+            let key = store::key_of(&g);
+            // Not `namespace/name` alone: an account of the same name must not pass for it.
+            let owner = format!("tokengrant:{key}");
+            let namespace = g.namespace().unwrap_or_default();
+            g.status = self.state.read_grant_status(&namespace, &g.name_any());
+            let (audience_owner, defined_scopes) = token_grant::audience_owner(&g, accounts);
+            let secret = g.spec.output.as_ref().and_then(|o| {
+                let data = self.state.read_secret(&namespace, &o.secret_name)?;
+                let controlled = self.state.owner_of(&namespace, &o.secret_name).as_deref()
+                    == Some(owner.as_str());
+                Some(ObservedSecret { data, controlled })
+            });
+            let w = token_grant::World {
+                audience_owner,
+                defined_scopes,
+                allow_unclaimed_audiences: self.options.allow_unclaimed_audiences,
+                subject: token_grant::resolve_subject(&g, accounts, |ns, name| {
+                    world
+                        .issuers
+                        .iter()
+                        .any(|i| i.namespace().as_deref() == Some(ns) && i.name_any() == name)
+                }),
+                secret,
+                signing_key: keys.as_ref().map(|k| k.signer()).map_err(Clone::clone),
+                issuer: &self.issuer,
+                max_token_lifetime: self.options.max_token_lifetime,
+            };
+            let mut plan = token_grant::reconcile(&g, &w, &ctx);
+            if let Some(s) = &plan.secret
+                && let Err(e) = self
+                    .state
+                    .write_secret(&namespace, &s.name, &owner, &s.data)
+            {
+                plan = token_grant::after_write_failure(&g, &w, &ctx, &e.to_string());
+            }
+            if g.status.as_ref() != Some(&plan.status) {
+                for ev in &plan.events {
+                    let kind = if ev.warning { "Warning" } else { "Normal" };
+                    println!(
+                        "event {kind} {} TokenGrant {key}: {}",
+                        ev.reason, ev.message
+                    );
+                }
+                if let Err(e) =
+                    self.state
+                        .write_grant_status(&namespace, &g.name_any(), &plan.status)
+                {
+                    eprintln!("warning: TokenGrant {key}: cannot save status: {e}");
+                }
+            }
+            // A failed issue is retried on the next tick.
+            let wake = if plan.failed {
+                Some(Duration::from_secs(5))
+            } else {
+                plan.requeue_after
+            };
+            if let Some(w) = wake {
+                next = Some(next.map_or(w, |n| n.min(w)));
+            }
+            g.status = Some(plan.status);
+            lines.push(self.describe_grant(&g));
+        }
+        *self.next_due.lock().expect("not poisoned") = next.map(|d| std::time::Instant::now() + d);
         lines
+    }
+
+    fn describe_grant(&self, g: &crate::api::TokenGrant) -> String {
+        let status = g.status.clone().unwrap_or_default();
+        let readiness = match find(&status.conditions, types::READY) {
+            Some(c) if c.status == ConditionStatus::True => "Ready".to_owned(),
+            Some(c) => format!("NotReady ({}: {})", c.reason, c.message),
+            None => "Unknown".to_owned(),
+        };
+        let namespace = g.namespace().unwrap_or_default();
+        let what = match (&g.spec.output, &status.not_after) {
+            (Some(o), Some(t)) => format!(
+                "token in {} until {}",
+                self.state.secret_dir(&namespace, &o.secret_name).display(),
+                t.0
+            ),
+            _ => format!("audience {}", g.spec.audience),
+        };
+        format!("  {:<36} {readiness:<8} {what}", store::key_of(g))
     }
 
     /// One line per TrustedIssuer: Ready, or the reason it is not.
@@ -342,7 +451,7 @@ impl Dev {
     }
 }
 
-fn print_banner(dev: &Dev, accounts: &[String]) {
+fn print_banner(dev: &Dev, summary: &Applied) {
     let iss = &dev.issuer;
     println!(
         "s2s-operator dev: token server for {} manifest path(s)",
@@ -354,8 +463,14 @@ fn print_banner(dev: &Dev, accounts: &[String]) {
     println!("  discovery:   {iss}/.well-known/openid-configuration");
     println!("  state dir:   {}", dev.options.state_dir.display());
     println!("accounts:");
-    for line in accounts {
+    for line in &summary.accounts {
         println!("{line}");
+    }
+    if !summary.grants.is_empty() {
+        println!("grants:");
+        for line in &summary.grants {
+            println!("{line}");
+        }
     }
     let issuers = dev.describe_issuers();
     if !issuers.is_empty() {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::api::ServiceAccountStatus;
+use crate::api::{ServiceAccountStatus, TokenGrantStatus};
 use crate::signing_keys::{self, Policy};
 use crate::token::KeySet;
 
@@ -117,6 +117,35 @@ impl StateDir {
         status: &ServiceAccountStatus,
     ) -> io::Result<()> {
         let path = self.status_path(namespace, name);
+        create_private_dir(path.parent().expect("has a parent"))?;
+        write_private(
+            &path,
+            &serde_json::to_vec_pretty(status).expect("status serializes"),
+        )
+    }
+}
+
+impl StateDir {
+    fn grant_status_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join(".s2s/status/tokengrants")
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    /// A TokenGrant's saved status.
+    pub fn read_grant_status(&self, namespace: &str, name: &str) -> Option<TokenGrantStatus> {
+        serde_json::from_slice(&std::fs::read(self.grant_status_path(namespace, name)).ok()?).ok()
+    }
+
+    /// Saves a TokenGrant's status.
+    pub fn write_grant_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &TokenGrantStatus,
+    ) -> io::Result<()> {
+        let path = self.grant_status_path(namespace, name);
         create_private_dir(path.parent().expect("has a parent"))?;
         write_private(
             &path,

@@ -20,6 +20,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "s2s-operator";
 /// Label naming the ServiceAccount (s2s.dev) a Secret belongs to.
 pub const SERVICE_ACCOUNT_LABEL: &str = "s2s.dev/service-account";
+/// Label naming the TokenGrant whose output token a Secret holds.
+pub const TOKEN_GRANT_LABEL: &str = "s2s.dev/token-grant";
 /// Label naming what a Secret holds (`credentials`, `signing-keys`).
 pub const COMPONENT_LABEL: &str = "s2s.dev/component";
 

@@ -17,6 +17,7 @@ use jwt_simple::prelude::*;
 use serde_json::Value;
 
 pub mod idp;
+pub mod rbac;
 pub mod scenario;
 
 /// A running `s2s-operator dev`.

@@ -1,0 +1,398 @@
+//! The I/O around the pure [`reconcile`](super::reconcile): observe who claims the grant's
+//! audience and its subject (the ServiceAccount and TrustedIssuer controllers' stores), the
+//! output Secret and the signing key in force (read from the signing-keys Secret); run the
+//! pure stage; then write what it asks for — deny-list entries first (the status records that
+//! they were written), then the output Secret (created once; replaced only with the
+//! `resourceVersion` read), then the status (server-side apply, only when it changed), then
+//! Events.
+//!
+//! The whole reconcile runs inside kube-runtime's `finalizer()` helper with [`FINALIZER`]: a
+//! deleted grant puts its subject and audience on the deny list before it goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{
+    COMPONENT, Context, FINALIZER, Plan, Revocations, World, after_write_failure, audience_owner,
+    resolve_subject, revocation_recorded, revocations, subject_account,
+};
+use crate::api::conditions::{ConditionStatus, reasons, types};
+use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::crypto::SigningKey;
+use crate::k8s::conditions::find;
+use crate::k8s::{self, Error, FIELD_MANAGER, TOKEN_GRANT_LABEL};
+use crate::service_account::ObservedSecret;
+use crate::service_account::controller::{RESYNC, RETRY_NOT_READY, backoff};
+use crate::token::Clock;
+
+/// What the TokenGrant reconciler shares.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// The operator namespace (signing keys, revocation list).
+    pub namespace: String,
+    /// The issuer URL (`iss` of output tokens).
+    pub issuer: String,
+    /// Upper bound on every token's lifetime (output tokens, the deny window).
+    pub max_token_lifetime: Duration,
+    /// Let grants name audiences that no account claims.
+    pub allow_unclaimed_audiences: bool,
+    /// Events.
+    pub recorder: Recorder,
+    /// Every ServiceAccount (the ServiceAccount controller's store).
+    pub accounts: Store<ServiceAccount>,
+    /// Every TrustedIssuer (the TrustedIssuer controller's store).
+    pub issuers: Store<TrustedIssuer>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Consecutive failures per grant, for backoff.
+    pub failures: Mutex<HashMap<ObjectRef<TokenGrant>, u32>>,
+    /// Metrics.
+    pub metrics: Arc<crate::controller::Metrics>,
+}
+
+/// The grants to look at again when a ServiceAccount changes: those naming it as subject,
+/// and those naming an audience it claims (or claimed: the mapper sees the new object only,
+/// so a dropped claim is caught by the periodic look).
+pub fn grants_for_account(
+    grants: &Store<TokenGrant>,
+    sa: &ServiceAccount,
+) -> Vec<ObjectRef<TokenGrant>> {
+    let key = (sa.namespace().unwrap_or_default(), sa.name_any());
+    let audience = sa.spec.api.as_ref().map(|a| a.audience.as_str());
+    grants
+        .state()
+        .iter()
+        .filter(|g| {
+            subject_account(g).as_ref() == Some(&key) || audience == Some(g.spec.audience.as_str())
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// Reconciles one grant.
+#[tracing::instrument(skip(grant, ctx), fields(grant = %k8s::display(grant.as_ref())))]
+pub async fn reconcile(grant: Arc<TokenGrant>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_started("TokenGrant");
+    let key = ObjectRef::from_obj(grant.as_ref());
+    let result = reconcile_inner(grant, &ctx).await;
+    ctx.metrics
+        .reconcile_finished("TokenGrant", timer, result.as_ref().err());
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(grant: Arc<TokenGrant>, ctx: &Ctx) -> Result<Action, Error> {
+    let namespace = grant
+        .namespace()
+        .ok_or_else(|| Error::Invalid("TokenGrant without a namespace".into()))?;
+    // Decisions need every account and issuer: an unready store would say "not found".
+    let _ = ctx.accounts.wait_until_ready().await;
+    let _ = ctx.issuers.wait_until_ready().await;
+    let api: Api<TokenGrant> = Api::namespaced(ctx.client.clone(), &namespace);
+    let display = k8s::display(grant.as_ref());
+    finalizer::finalizer(&api, FINALIZER, grant, |event| async move {
+        match event {
+            Finalizer::Apply(g) => apply(&g, ctx).await,
+            Finalizer::Cleanup(g) => cleanup(&g, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) => {
+            Error::kube(format!("add finalizer to TokenGrant {display}"))(e)
+        }
+        finalizer::Error::RemoveFinalizer(e) => {
+            Error::kube(format!("remove finalizer from TokenGrant {display}"))(e)
+        }
+        other => Error::Invalid(format!("TokenGrant {display}: {other}")),
+    })
+}
+
+/// The world as the stores and the API show it; the signing key is read only when the grant
+/// may mint.
+async fn observe<'k>(
+    grant: &TokenGrant,
+    ctx: &'k Ctx,
+    key: &'k Result<SigningKey, String>,
+    secret: Option<&Secret>,
+) -> World<'k> {
+    let uid = grant.uid().unwrap_or_default();
+    let claimants: Vec<ServiceAccount> = ctx
+        .accounts
+        .state()
+        .iter()
+        .filter(|a| {
+            a.spec
+                .api
+                .as_ref()
+                .is_some_and(|api| api.audience == grant.spec.audience)
+        })
+        .map(|a| a.as_ref().clone())
+        .collect();
+    let (owner, defined) = audience_owner(grant, &claimants);
+    let subject_sa = subject_account(grant)
+        .and_then(|(ns, name)| ctx.accounts.get(&ObjectRef::new(&name).within(&ns)));
+    let subject = resolve_subject(grant, subject_sa.as_deref(), |ns, name| {
+        ctx.issuers.get(&ObjectRef::new(name).within(ns)).is_some()
+    });
+    World {
+        audience_owner: owner,
+        defined_scopes: defined,
+        allow_unclaimed_audiences: ctx.allow_unclaimed_audiences,
+        subject,
+        secret: secret.map(|s| ObservedSecret {
+            data: k8s::secret_strings(s),
+            controlled: k8s::is_controlled_by(s, &uid),
+        }),
+        signing_key: key.as_ref().map_err(Clone::clone),
+        issuer: &ctx.issuer,
+        max_token_lifetime: ctx.max_token_lifetime,
+    }
+}
+
+/// The key that signs now, from the signing-keys Secret; why not, as text.
+async fn signing_key(ctx: &Ctx) -> Result<SigningKey, String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let name = crate::signing_keys::SECRET_NAME;
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read Secret {}/{name}: {e}", ctx.namespace))?
+        .ok_or_else(|| format!("Secret {}/{name} does not exist yet", ctx.namespace))?;
+    let records =
+        crate::signing_keys::from_data(&k8s::secret_strings(&secret)).map_err(|e| e.to_string())?;
+    let now = unix_now(ctx);
+    crate::signing_keys::keys_at(&records, now)
+        .map(|(signer, _)| signer)
+        .map_err(|e| e.to_string())
+}
+
+fn unix_now(ctx: &Ctx) -> u64 {
+    ctx.clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn apply(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let output = grant.spec.output.as_ref();
+    let existing = match output {
+        Some(o) => secrets
+            .get_opt(&o.secret_name)
+            .await
+            .map_err(Error::kube(format!(
+                "get Secret {namespace}/{}",
+                o.secret_name
+            )))?,
+        None => None,
+    };
+    let key = if output.is_some() && !grant.spec.revoked {
+        signing_key(ctx).await
+    } else {
+        Err("not needed".into())
+    };
+    let world = observe(grant, ctx, &key, existing.as_ref()).await;
+    let pass = Context {
+        now: ctx.clock.now(),
+    };
+    let mut plan = super::reconcile(grant, &world, &pass);
+
+    // Deny-list entries first: the status written below records that they were.
+    if let Some(r) = &plan.revoke {
+        write_revocations(ctx, r).await?;
+    }
+    let mut write_error = None;
+    if let Some(desired) = &plan.secret
+        && let Err(e) = write_secret(grant, &secrets, desired, existing.as_ref()).await
+    {
+        tracing::warn!(category = e.category(), error = %e, "output Secret not written");
+        plan = after_write_failure(grant, &world, &pass, &e.to_string());
+        write_error = Some(e);
+    }
+    write_status(grant, ctx, &plan).await?;
+    publish_events(grant, ctx, &plan).await;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    if plan.failed {
+        let message = find(&plan.status.conditions, types::ISSUING)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        return Err(Error::Keys(message));
+    }
+    let ready = find(&plan.status.conditions, types::READY);
+    let blocked = ready.is_some_and(|c| {
+        c.status == ConditionStatus::False && c.reason.as_str() != reasons::REVOKED
+    });
+    let mut next = plan.requeue_after.unwrap_or(RESYNC).min(RESYNC);
+    if blocked {
+        next = next.min(RETRY_NOT_READY);
+    }
+    Ok(Action::requeue(next))
+}
+
+/// Deletion: the grant's tokens go on the deny list (unless `spec.revoked` already put them
+/// there); the output Secret goes with the grant (garbage collection).
+async fn cleanup(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
+    if !revocation_recorded(grant.status.as_ref()) {
+        let key = Err("not needed".into());
+        let world = observe(grant, ctx, &key, None).await;
+        let r = revocations(grant, &world, ctx.clock.now());
+        write_revocations(ctx, &r).await?;
+        if !r.is_empty() {
+            tracing::info!(grant = %k8s::display(grant), "deleted grant revoked");
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_revocations(ctx: &Ctx, r: &Revocations) -> Result<(), Error> {
+    if let Some(g) = &r.grant {
+        crate::revocation::revoke_grant(&ctx.client, &ctx.namespace, g).await?;
+    }
+    if let Some((jti, exp)) = &r.token {
+        crate::revocation::revoke_jti(&ctx.client, &ctx.namespace, jti, *exp).await?;
+    }
+    Ok(())
+}
+
+async fn write_secret(
+    grant: &TokenGrant,
+    api: &Api<Secret>,
+    desired: &crate::service_account::DesiredSecret,
+    current: Option<&Secret>,
+) -> Result<(), Error> {
+    let namespace = grant.namespace().unwrap_or_default();
+    let step = format!("Secret {namespace}/{}", desired.name);
+    let mut secret = k8s::managed_secret(
+        &desired.name,
+        &namespace,
+        COMPONENT,
+        k8s::controller_reference(grant),
+        &[(TOKEN_GRANT_LABEL, grant.name_any())],
+        &desired.data,
+    );
+    match current {
+        None => {
+            // A 409 means another writer won: re-read next pass, never overwrite.
+            api.create(&PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube(format!("create {step}")))?;
+        }
+        Some(current) => {
+            if !k8s::is_controlled_by(current, &grant.uid().unwrap_or_default()) {
+                return Err(Error::Invalid(format!(
+                    "{step} is not controlled by this TokenGrant"
+                )));
+            }
+            if k8s::secret_strings(current) == desired.data {
+                return Ok(());
+            }
+            // Replace with the resourceVersion we read: a concurrent change is a 409.
+            secret.metadata.resource_version = current.resource_version();
+            secret.metadata.annotations = current.metadata.annotations.clone();
+            let mut labels = current.labels().clone();
+            labels.extend(secret.metadata.labels.take().unwrap_or_default());
+            secret.metadata.labels = Some(labels);
+            secret.metadata.owner_references = current.metadata.owner_references.clone();
+            api.replace(&desired.name, &PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube(format!("replace {step}")))?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) -> Result<(), Error> {
+    if grant.status.as_ref() == Some(&plan.status) {
+        return Ok(());
+    }
+    let api: Api<TokenGrant> =
+        Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
+    let body = json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "TokenGrant",
+        "metadata": {"name": grant.name_any()},
+        "status": plan.status,
+    });
+    api.patch_status(
+        &grant.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "patch status of TokenGrant {}",
+        k8s::display(grant)
+    )))?;
+    Ok(())
+}
+
+/// Publishes the plan's Events. A Warning whose reason is already the stored Ready or Issuing
+/// reason is not repeated (reported once, not on every pass or retry).
+async fn publish_events(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) {
+    let old_reasons: Vec<String> = grant
+        .status
+        .as_ref()
+        .map(|s| {
+            [types::READY, types::ISSUING]
+                .iter()
+                .filter_map(|t| find(&s.conditions, t).map(|c| c.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reference = grant.object_ref(&());
+    for ev in &plan.events {
+        if ev.warning && old_reasons.iter().any(|r| r == ev.reason) {
+            continue;
+        }
+        let event = KubeEvent {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.to_owned(),
+            note: Some(ev.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
+        }
+    }
+}
+
+/// Per-object exponential backoff, as for ServiceAccounts.
+pub fn error_policy(grant: Arc<TokenGrant>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = ObjectRef::from_obj(grant.as_ref());
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = backoff(*n);
+    tracing::warn!(
+        grant = %k8s::display(grant.as_ref()),
+        category = err.category(),
+        error = %err,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
