@@ -365,6 +365,13 @@ async fn e2e_accounts_secrets_tokens_rotation_garbage_collection_and_federation(
                         gc: Duration::from_secs(120),
                     };
                     scenario::credentials_lifecycle(admin.clone(), &work_ns, &issuer, &waits).await;
+                    scenario::token_grant_output_and_revocation(
+                        admin.clone(),
+                        &work_ns,
+                        &issuer,
+                        &waits,
+                    )
+                    .await;
                     scenario::kubernetes_federation(admin, &work_ns, &issuer, &waits).await;
                 }
             })

@@ -524,3 +524,127 @@ pub async fn kubernetes_federation(admin: Client, ns: &str, issuer: &str, waits:
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
 }
+
+/// A TokenGrant with `output`: the token lands in a Secret and verifies; `spec.revoked`
+/// empties the Secret and voids the token everywhere; deletion completes (the finalizer is
+/// removed). Runs against a real cluster (e2e).
+pub async fn token_grant_output_and_revocation(
+    admin: Client,
+    ns: &str,
+    issuer: &str,
+    waits: &Waits,
+) {
+    let audience = format!("https://vault.{ns}.example.com");
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    accounts
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                "metadata": {"name": "vault-api", "namespace": ns},
+                "spec": {"api": {"audience": audience, "scopes": [{"name": "secrets:read"}]}}
+            })),
+        )
+        .await
+        .unwrap();
+    accounts
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                "metadata": {"name": "reader", "namespace": ns},
+                "spec": {"scopes": ["secrets:read"], "audiences": [audience],
+                         "authentication": {"clientSecret": {"secretName": "reader"}}}
+            })),
+        )
+        .await
+        .unwrap();
+    grants
+        .create(&PostParams::default(), &obj(json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+            "metadata": {"name": "reader", "namespace": ns},
+            "spec": {"subject": {"serviceAccount": {"name": "reader"}}, "audience": audience,
+                     "scopes": ["secrets:read"], "output": {"secretName": "reader-token", "lifetime": "10m"}}
+        })))
+        .await
+        .unwrap();
+    let ready = |want: &'static str| {
+        let grants = grants.clone();
+        move || {
+            let grants = grants.clone();
+            async move {
+                let g = grants.get("reader").await.ok()?;
+                let st = g.status?;
+                (st.observed_generation == g.metadata.generation
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == want))
+                .then_some(())
+            }
+        }
+    };
+    eventually(waits.converge, "the grant's output token", ready("Ready")).await;
+    let out = strings(&secrets.get("reader-token").await.unwrap());
+    let token = out["access_token"].clone();
+    assert_eq!(out["token_type"], "Bearer");
+    assert_eq!(out["authorization"], format!("Bearer {token}"));
+    assert!(out.contains_key("expires_at"));
+    let claims = verify_access_token(&token, &jwks(issuer).await, issuer, &audience);
+    assert_eq!(claims["scope"], "secrets:read");
+
+    let creds = strings(&secrets.get("reader").await.unwrap());
+    let introspect = || {
+        let (id, secret, token) = (
+            creds["client_id"].clone(),
+            creds["client_secret"].clone(),
+            token.clone(),
+        );
+        async move {
+            let r = http()
+                .post(format!("{issuer}/oauth2/introspect"))
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={token}"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["active"].as_bool()
+        }
+    };
+    eventually(waits.converge, "the output token to be active", || async {
+        (introspect().await == Some(true)).then_some(())
+    })
+    .await;
+
+    grants
+        .patch(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"revoked": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(waits.converge, "the grant to be revoked", ready("Revoked")).await;
+    eventually(waits.converge, "the token to be void", || async {
+        (introspect().await == Some(false)).then_some(())
+    })
+    .await;
+    let after = strings(&secrets.get("reader-token").await.unwrap());
+    assert!(
+        !after.contains_key("access_token"),
+        "a revoked token does not stay in a Secret"
+    );
+
+    grants
+        .delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(waits.gc, "the grant to be gone", || async {
+        matches!(grants.get_opt("reader").await, Ok(None)).then_some(())
+    })
+    .await;
+}
