@@ -1,0 +1,204 @@
+{{/*
+Shared names, labels and container specs. Object names start with the release name, as in
+serviceaccounts.yaml and rbac.yaml (which the Rust tests render by plain string replacement,
+so they cannot call these helpers).
+*/}}
+
+{{/* Labels on every object. */}}
+{{- define "s2s.labels" -}}
+app.kubernetes.io/name: s2s-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Selector labels of one component: include "s2s.selectorLabels" (list . "controller"). */}}
+{{- define "s2s.selectorLabels" -}}
+{{- $ctx := index . 0 -}}
+app.kubernetes.io/name: s2s-operator
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* The component whose Pods run the token server: the controller's in the sidecar layout. */}}
+{{- define "s2s.tokenServerComponent" -}}
+{{- if .Values.tokenServer.sidecar -}}controller{{- else -}}token-server{{- end -}}
+{{- end }}
+
+{{- define "s2s.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* "true" when the token server serves HTTPS from tokenServer.tls.secretName. */}}
+{{- define "s2s.tls" -}}
+{{- if .Values.tokenServer.tls.secretName -}}true{{- end -}}
+{{- end }}
+
+{{/* The token server's container port: 8443 with TLS, 8080 for plain HTTP. */}}
+{{- define "s2s.tokenServerPort" -}}
+{{- if include "s2s.tls" . -}}8443{{- else -}}8080{{- end -}}
+{{- end }}
+
+{{- define "s2s.tokenServerPortName" -}}
+{{- if include "s2s.tls" . -}}https{{- else -}}http{{- end -}}
+{{- end }}
+
+{{/*
+The issuer URL: `iss` of every token and the base of the token URL written into Secrets.
+By default the token Service's cluster address; `http://` when the token server has no TLS,
+so the token URL in the Secrets is one that answers.
+*/}}
+{{- define "s2s.issuer" -}}
+{{- if .Values.issuer -}}
+{{ .Values.issuer }}
+{{- else -}}
+{{ if include "s2s.tls" . }}https{{ else }}http{{ end }}://{{ .Release.Name }}-token-server.{{ .Release.Namespace }}.svc
+{{- end -}}
+{{- end }}
+
+{{/* Hardened security contexts; tests/chart/check_chart.py checks them on every container. */}}
+{{- define "s2s.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "s2s.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Environment both modes read: which Pod this is, the operator namespace, common flags. */}}
+{{- define "s2s.commonEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: S2S_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end }}
+
+{{- define "s2s.controllerContainer" -}}
+- name: controller
+  image: {{ include "s2s.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - controller
+    - --issuer={{ include "s2s.issuer" . }}
+    - --max-token-lifetime={{ .Values.maxTokenLifetime }}
+    - --signing-algorithm={{ .Values.signingAlgorithm }}
+    - --key-rotation={{ .Values.keyRotation }}
+    - --key-publish-ahead={{ .Values.keyPublishAhead }}
+    - --concurrency={{ .Values.controller.concurrency }}
+    - --health-listen=0.0.0.0:8081
+  env:
+    {{- include "s2s.commonEnv" . | nindent 4 }}
+  ports:
+    - name: metrics
+      containerPort: 8081
+      protocol: TCP
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: metrics
+    periodSeconds: 10
+    failureThreshold: 3
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: metrics
+    periodSeconds: 5
+    failureThreshold: 3
+  securityContext:
+    {{- include "s2s.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.controller.resources | nindent 4 }}
+{{- end }}
+
+{{- define "s2s.tokenServerContainer" -}}
+{{- $tls := include "s2s.tls" . -}}
+{{- $port := include "s2s.tokenServerPort" . -}}
+{{- $portName := include "s2s.tokenServerPortName" . -}}
+- name: token-server
+  image: {{ include "s2s.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - token-server
+    - --issuer={{ include "s2s.issuer" . }}
+    - --max-token-lifetime={{ .Values.maxTokenLifetime }}
+    - --listen=0.0.0.0:{{ $port }}
+    {{- if $tls }}
+    - --tls-cert=/etc/s2s/tls/tls.crt
+    - --tls-key=/etc/s2s/tls/tls.key
+    {{- end }}
+    {{- if .Values.allowUnclaimedAudiences }}
+    - --allow-unclaimed-audiences
+    {{- end }}
+  env:
+    {{- include "s2s.commonEnv" . | nindent 4 }}
+  ports:
+    - name: {{ $portName }}
+      containerPort: {{ $port }}
+      protocol: TCP
+  # /healthz, /readyz and /metrics are served on the token port (HTTPS when TLS is on; the
+  # kubelet does not verify the certificate).
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: {{ $portName }}
+      scheme: {{ $portName | upper }}
+    periodSeconds: 10
+    failureThreshold: 3
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: {{ $portName }}
+      scheme: {{ $portName | upper }}
+    periodSeconds: 5
+    failureThreshold: 3
+  {{- if $tls }}
+  volumeMounts:
+    - name: tls
+      mountPath: /etc/s2s/tls
+      readOnly: true
+  {{- end }}
+  securityContext:
+    {{- include "s2s.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.tokenServer.resources | nindent 4 }}
+{{- end }}
+
+{{/* Pod-level settings shared by both Deployments. */}}
+{{- define "s2s.podScheduling" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
