@@ -65,6 +65,8 @@ struct DevArgs {
     /// Let TokenGrants name audiences that no ServiceAccount claims.
     #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
     allow_unclaimed_audiences: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Settings shared by `controller` and `token-server`. The cluster is reached as kubectl
@@ -103,6 +105,33 @@ impl ClusterArgs {
             .unwrap_or_else(|| format!("https://s2s-operator.{}.svc", self.namespace()))
             .trim_end_matches('/')
             .to_owned()
+    }
+}
+
+/// Brute-force protection of client authentication (token endpoints).
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// Failed authentications in a row that lock a client id out.
+    #[arg(long, env = "S2S_AUTH_FAILURES", default_value_t = 10)]
+    auth_failures: u32,
+    /// Longest lockout of a client id (Go duration); lockouts start at 1s and double.
+    #[arg(long, env = "S2S_AUTH_LOCKOUT_MAX", default_value = "5m", value_parser = parse_duration)]
+    auth_lockout_max: Duration,
+    /// Failed authentications per minute one source address may make before it is refused
+    /// for clients that have not succeeded from it.
+    #[arg(long, env = "S2S_AUTH_SOURCE_FAILURES", default_value_t = 100)]
+    auth_source_failures: u32,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> s2s_operator::http::Limits {
+        s2s_operator::http::Limits {
+            client_failures: self.auth_failures.max(1),
+            lock_base: Duration::from_secs(1).min(self.auth_lockout_max),
+            lock_max: self.auth_lockout_max,
+            source_failures: self.auth_source_failures.max(1),
+            ..Default::default()
+        }
     }
 }
 
@@ -161,6 +190,8 @@ struct TokenServerArgs {
     /// Let TokenGrants name audiences that no ServiceAccount claims.
     #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
     allow_unclaimed_audiences: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -373,6 +404,7 @@ async fn token_server(
         tls: args.tls_cert.zip(args.tls_key),
         max_token_lifetime: args.cluster.max_token_lifetime,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
+        limits: args.limits.limits(),
     };
     token_server::run(
         client,
@@ -406,6 +438,7 @@ fn run_dev(args: DevArgs) -> ExitCode {
         key_rotation: args.key_rotation,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
         poll_interval: Duration::from_secs(1),
+        limits: args.limits.limits(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

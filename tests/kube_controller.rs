@@ -116,6 +116,7 @@ async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::S
         tls: None,
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
+        limits: Default::default(),
     };
     tokio::spawn(async move {
         if let Err(e) = token_server::run(

@@ -87,40 +87,52 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
                 continue;
             }
         };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let at = format!("{} (document {})", file.display(), i + 1);
-            let value: Value = match serde::Deserialize::deserialize(doc) {
-                Ok(v) => v,
-                Err(e) => {
-                    m.errors.push(format!("{at}: not YAML: {e}"));
-                    break; // the rest of the stream cannot be trusted
-                }
-            };
-            if value.is_null() || value["apiVersion"] != api::API_VERSION {
-                continue;
-            }
-            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-            let result =
-                match kind.as_str() {
-                    "ServiceAccount" => parse(value)
-                        .map(|o: ServiceAccount| push(&mut m.accounts, o, &kind, &mut seen)),
-                    "TrustedIssuer" => parse(value)
-                        .map(|o: TrustedIssuer| push(&mut m.issuers, o, &kind, &mut seen)),
-                    "TokenGrant" => {
-                        parse(value).map(|o: TokenGrant| push(&mut m.grants, o, &kind, &mut seen))
-                    }
-                    other => Err(format!("unknown kind {other:?}")),
-                };
-            match result {
-                Ok(None) => {}
-                Ok(Some(dup)) => m.errors.push(format!(
-                    "{at}: {kind} {dup} is defined twice; the first one is kept"
-                )),
-                Err(e) => m.errors.push(format!("{at}: {e}")),
-            }
-        }
+        parse_documents(&mut m, &mut seen, &file.display().to_string(), &text);
     }
     m
+}
+
+/// Reads one YAML text (a stream of documents) the way [`load`] reads a file: no I/O, so the
+/// fuzz targets and tests can feed it anything.
+pub fn parse_text(text: &str) -> Manifests {
+    let mut m = Manifests::default();
+    parse_documents(&mut m, &mut BTreeSet::new(), "<input>", text);
+    m
+}
+
+/// Adds every object of one YAML stream to `m`; `source` names it in error lines.
+fn parse_documents(m: &mut Manifests, seen: &mut BTreeSet<String>, source: &str, text: &str) {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let at = format!("{source} (document {})", i + 1);
+        let value: Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                m.errors.push(format!("{at}: not YAML: {e}"));
+                break; // the rest of the stream cannot be trusted
+            }
+        };
+        if value.is_null() || value["apiVersion"] != api::API_VERSION {
+            continue;
+        }
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        let result = match kind.as_str() {
+            "ServiceAccount" => {
+                parse(value).map(|o: ServiceAccount| push(&mut m.accounts, o, &kind, seen))
+            }
+            "TrustedIssuer" => {
+                parse(value).map(|o: TrustedIssuer| push(&mut m.issuers, o, &kind, seen))
+            }
+            "TokenGrant" => parse(value).map(|o: TokenGrant| push(&mut m.grants, o, &kind, seen)),
+            other => Err(format!("unknown kind {other:?}")),
+        };
+        match result {
+            Ok(None) => {}
+            Ok(Some(dup)) => m.errors.push(format!(
+                "{at}: {kind} {dup} is defined twice; the first one is kept"
+            )),
+            Err(e) => m.errors.push(format!("{at}: {e}")),
+        }
+    }
 }
 
 fn parse<K: serde::de::DeserializeOwned + ResourceExt>(value: Value) -> Result<K, String> {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
 
-pub use manifests::{Manifests, load};
+pub use manifests::{Manifests, load, parse_text};
 use state::StateDir;
 
 use crate::api::conditions::{ConditionStatus, types};
@@ -53,6 +53,8 @@ pub struct Options {
     pub allow_unclaimed_audiences: bool,
     /// How often manifests are checked for changes.
     pub poll_interval: Duration,
+    /// Brute-force protection of client authentication.
+    pub limits: http::Limits,
 }
 
 /// What can stop `dev`.
@@ -166,13 +168,16 @@ pub async fn run(
         }
     });
     let key_refresh = tokio::spawn(trusted.clone().run(std::future::pending()));
-    let app = AppState::new(core);
+    let app = AppState::with_limits(core, dev.options.limits.clone());
     app.set_ready(true);
 
     let poller = tokio::spawn(watch(dev.clone(), world.fingerprint.clone()));
-    let served = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     poller.abort();
     forwarder.abort();
     key_refresh.abort();

@@ -12,6 +12,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    auth: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -50,10 +51,22 @@ impl Metrics {
         registry
             .register(Box::new(latency.clone()))
             .expect("registers once");
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "s2s_auth_limiter_total",
+                "Failed client authentications, lockouts, and attempts refused while locked (by client id or source address)",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(auth.clone()))
+            .expect("registers once");
         Self {
             registry,
             requests,
             latency,
+            auth,
         }
     }
 
@@ -65,6 +78,25 @@ impl Metrics {
         self.latency
             .with_label_values(&[endpoint])
             .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// A failed client authentication.
+    pub fn auth_failed(&self) {
+        self.auth.with_label_values(&["failure"]).inc();
+    }
+
+    /// A client locked out.
+    pub fn auth_lockout(&self) {
+        self.auth.with_label_values(&["lockout"]).inc();
+    }
+
+    /// An attempt refused before authentication.
+    pub fn auth_refused(&self, why: super::Refusal) {
+        let label = match why {
+            super::Refusal::Client => "refused_client_locked",
+            super::Refusal::Source => "refused_source_over_budget",
+        };
+        self.auth.with_label_values(&[label]).inc();
     }
 
     /// The text exposition format.

@@ -2,8 +2,10 @@
 //! revocation, health and metrics. Handlers only translate: bytes and headers in, the core's
 //! answer out, as RFC 6749 §5 JSON with `Cache-Control: no-store`.
 
+mod limiter;
 mod metrics;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -15,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+pub use limiter::{Limiter, Limits, Refusal};
 pub use metrics::Metrics;
 
 use crate::token::{ClientAuth, Core, ErrorCode, OAuthError, Params};
@@ -33,6 +36,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Where revocations go to reach every replica (the API in a cluster; none in `dev`).
     pub revocation_sink: std::sync::OnceLock<Arc<dyn RevocationSink>>,
+    /// Brute-force protection of client authentication.
+    pub limiter: Limiter,
 }
 
 /// Records a revoked token where every token-server replica sees it.
@@ -53,9 +58,66 @@ impl AppState {
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
             revocation_sink: std::sync::OnceLock::new(),
+            limiter: Limiter::default(),
         })
     }
 
+    /// State around a core, not yet ready, with these brute-force limits.
+    pub fn with_limits(core: Arc<Core>, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+            revocation_sink: std::sync::OnceLock::new(),
+            limiter: Limiter::new(limits),
+        })
+    }
+
+    /// Runs a client-authenticated call behind the brute-force limiter: refused without a
+    /// look at the credentials while the client id or the source is locked out; failed
+    /// authentications counted, successes reset the count.
+    fn guarded<T>(
+        &self,
+        auth: &ClientAuth,
+        source: Option<IpAddr>,
+        call: impl FnOnce() -> Result<T, OAuthError>,
+    ) -> Result<T, OAuthError> {
+        let id = auth.client_id_hint();
+        let now = Instant::now();
+        if let Err(refusal) = self.limiter.check(id, source, now) {
+            self.metrics.auth_refused(refusal);
+            return Err(OAuthError::invalid_client());
+        }
+        let result = call();
+        match &result {
+            Err(e) if e.code == ErrorCode::InvalidClient => {
+                self.metrics.auth_failed();
+                if self.limiter.failure(id, source, now) {
+                    self.metrics.auth_lockout();
+                    tracing::warn!(
+                        client_id = id.unwrap_or("-"),
+                        "client locked out after repeated failures"
+                    );
+                }
+            }
+            Ok(_) => {
+                if let Some(id) = id {
+                    self.limiter.success(id, source, now);
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// The peer address, when the server recorded it (`ConnectInfo`).
+fn source_of(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+impl AppState {
     /// Marks the server ready (its stores are loaded).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
@@ -169,8 +231,14 @@ fn not_ready(s: &AppState, endpoint: &str, start: Instant) -> Option<Response> {
     Some(resp)
 }
 
-async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn token(
+    State(s): State<Arc<AppState>>,
+    ext: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
+    let source = source_of(&ext);
     if let Some(resp) = not_ready(&s, "token", start) {
         return resp;
     }
@@ -184,7 +252,7 @@ async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
     };
     let grant_type = metrics::grant_type_label(params.get("grant_type"));
     if params.all("tenant").len() > 1 {
-        return match s.core.tenant_tokens(&auth, &params) {
+        return match s.guarded(&auth, source, || s.core.tenant_tokens(&auth, &params)) {
             Ok(v) => {
                 s.metrics.observe("token", grant_type, "ok", start);
                 json_response(StatusCode::OK, serde_json::to_vec(&v).expect("serializes"))
@@ -196,7 +264,7 @@ async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
             }
         };
     }
-    match s.core.token(&auth, &params) {
+    match s.guarded(&auth, source, || s.core.token(&auth, &params)) {
         Ok(resp) => {
             s.metrics.observe("token", grant_type, "ok", start);
             json_response(
@@ -217,6 +285,7 @@ async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
 async fn form_endpoint(
     s: &AppState,
     endpoint: &'static str,
+    source: Option<IpAddr>,
     headers: &HeaderMap,
     body: Body,
     call: impl FnOnce(&ClientAuth, &Params) -> Result<Response, OAuthError>,
@@ -226,7 +295,9 @@ async fn form_endpoint(
         return resp;
     }
     let result = match read_form(headers, body).await {
-        Ok((auth, params)) => call(&auth, &params).map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Ok((auth, params)) => s
+            .guarded(&auth, source, || call(&auth, &params))
+            .map_err(|e| (StatusCode::BAD_REQUEST, e)),
         Err(e) => Err(e),
     };
     match result {
@@ -241,26 +312,43 @@ async fn form_endpoint(
     }
 }
 
-async fn introspect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    form_endpoint(&s, "introspect", &headers, body, |auth, params| {
-        let v = s.core.introspect(auth, params)?;
-        Ok(json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&v).expect("introspection serializes"),
-        ))
-    })
+async fn introspect(
+    State(s): State<Arc<AppState>>,
+    ext: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    form_endpoint(
+        &s,
+        "introspect",
+        source_of(&ext),
+        &headers,
+        body,
+        |auth, params| {
+            let v = s.core.introspect(auth, params)?;
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&v).expect("introspection serializes"),
+            ))
+        },
+    )
     .await
 }
 
-async fn revoke(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn revoke(
+    State(s): State<Arc<AppState>>,
+    ext: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
+    let source = source_of(&ext);
     if let Some(resp) = not_ready(&s, "revoke", start) {
         return resp;
     }
     let outcome = match read_form(&headers, body).await {
         Ok((auth, params)) => s
-            .core
-            .revoke(&auth, &params)
+            .guarded(&auth, source, || s.core.revoke(&auth, &params))
             .map_err(|e| (StatusCode::BAD_REQUEST, e)),
         Err(e) => Err(e),
     };
@@ -336,6 +424,7 @@ async fn jwks(State(s): State<Arc<AppState>>) -> Response {
 /// secret).
 async fn tenants(
     State(s): State<Arc<AppState>>,
+    ext: axum::http::Extensions,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
@@ -352,7 +441,7 @@ async fn tenants(
         .map(|v| v.to_str().unwrap_or("\u{0}"));
     let result = Params::parse(b"")
         .and_then(|p| ClientAuth::from_request(authorization, &p))
-        .and_then(|auth| s.core.tenants(&auth, &query));
+        .and_then(|auth| s.guarded(&auth, source_of(&ext), || s.core.tenants(&auth, &query)));
     match result {
         Ok(v) => {
             s.metrics.observe("tenants", "none", "ok", start);

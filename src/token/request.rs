@@ -91,6 +91,17 @@ pub enum ClientAuth {
     None,
 }
 
+impl ClientAuth {
+    /// The client id the request names, before any verification (for rate limiting only).
+    pub fn client_id_hint(&self) -> Option<&str> {
+        match self {
+            Self::Secret { client_id, .. } => Some(client_id),
+            Self::Assertion { client_id, .. } => client_id.as_deref(),
+            Self::None => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientAuth {
     // Never prints the secret or the assertion.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -49,6 +49,8 @@ pub struct Options {
     pub max_token_lifetime: Duration,
     /// Let grants name audiences no account claims.
     pub allow_unclaimed_audiences: bool,
+    /// Brute-force protection of client authentication.
+    pub limits: http::Limits,
 }
 
 /// What can stop the token server.
@@ -121,7 +123,7 @@ pub async fn run(
         placeholder,
         clock.clone(),
     ));
-    let state = AppState::new(core);
+    let state = AppState::with_limits(core, options.limits.clone());
 
     let changed = Arc::new(Notify::new());
     let (accounts, accounts_w) = reflector::store();
@@ -226,10 +228,13 @@ pub async fn run(
     let serve = async {
         match tls {
             Some(tls) => tls::serve(listener, tls, router, stopped(stop.clone())).await,
-            None => axum::serve(listener, router)
-                .with_graceful_shutdown(stopped(stop.clone()))
-                .await
-                .map_err(ServeError::Serve),
+            None => axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop.clone()))
+            .await
+            .map_err(ServeError::Serve),
         }
     };
     tokio::select! {

@@ -98,7 +98,7 @@ pub async fn serve(
     };
     let mut stop = std::pin::pin!(stop);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -111,7 +111,12 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = tls.acceptor.load_full();
-        let service = TowerToHyperService::new(router.clone());
+        // The peer address, for the brute-force limiter (as `axum::serve` records it).
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         tokio::spawn(async move {
             let Ok(Ok(stream)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
