@@ -186,6 +186,11 @@ impl Limiter {
         if let Some(ip) = source {
             let mut sources = self.sources.lock().expect("not poisoned");
             if let Some(s) = sources.get_mut(&ip) {
+                // The hot path: a known client succeeding again allocates nothing.
+                if let Some(t) = s.good.get_mut(client_id) {
+                    *t = now;
+                    return;
+                }
                 if s.good.len() >= 1024 {
                     s.good.retain(|_, t| now.duration_since(*t) < GOOD_FOR);
                 }
