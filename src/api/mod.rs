@@ -75,9 +75,73 @@ pub const MAX_AUDIENCES: usize = 32;
 ///
 /// It prints in the largest whole unit (`1h`, `90m`, `45s`, `1500ms`), so schema defaults and
 /// generated YAML read the way people write them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+///
+/// Reading one refuses a negative part (`1h-5m`) and a total beyond [`MAX_DURATION_SECS`]
+/// with an error: `kube`'s parser panics on both, and a pattern-conforming value such as
+/// `9999999999999999999999h` passes the schema, so it would take down whatever watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Duration(pub kube::core::Duration);
+
+/// The longest duration read (about 31 million years): far below what
+/// [`std::time::Duration`] holds, so no sum of parts overflows.
+pub const MAX_DURATION_SECS: f64 = 1e15;
+
+/// Why a duration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    /// Not a Go duration.
+    #[error(transparent)]
+    Parse(#[from] kube::core::duration::ParseError),
+    /// A negative part, or longer than [`MAX_DURATION_SECS`].
+    #[error("duration out of range")]
+    OutOfRange,
+}
+
+/// Whether `kube`'s parser can read `s` without panicking: every part non-negative and the sum
+/// within range. Malformed text passes, for the parser to report.
+fn in_range(s: &str) -> bool {
+    let mut rest = s.trim_start_matches('+').trim_start_matches('-');
+    let mut total = 0.0;
+    while !rest.is_empty() && rest != "0" {
+        let Some(unit_start) = rest.find(char::is_alphabetic) else {
+            return true;
+        };
+        let (value, after) = rest.split_at(unit_start);
+        let Ok(value) = value.parse::<f64>() else {
+            return true;
+        };
+        let unit_end = after
+            .find(|c: char| !c.is_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return true,
+        };
+        if value.is_nan() || value < 0.0 {
+            return false;
+        }
+        // Checked part by part: the parser multiplies each part before it reads the next.
+        total += value * seconds;
+        if !total.is_finite() || total > MAX_DURATION_SECS {
+            return false;
+        }
+        rest = next;
+    }
+    true
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl Serialize for Duration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -94,9 +158,12 @@ impl Duration {
 }
 
 impl std::str::FromStr for Duration {
-    type Err = kube::core::duration::ParseError;
+    type Err = DurationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Duration)
+        if !in_range(s) {
+            return Err(DurationError::OutOfRange);
+        }
+        Ok(Duration(s.parse()?))
     }
 }
 
@@ -240,6 +307,17 @@ mod tests {
         let back: Duration = serde_json::from_str(&json).unwrap();
         assert_eq!(back, d);
         assert!("1d".parse::<Duration>().is_err());
+        // kube's parser panics on these; they are errors here.
+        for bad in [
+            "9999999999999999999999h",
+            "1h-5m",
+            "-1h-1h",
+            "1e400h",
+            "1.5h-0.1s",
+        ] {
+            assert!(bad.parse::<Duration>().is_err(), "{bad}");
+            assert!(serde_json::from_str::<Duration>(&format!("\"{bad}\"")).is_err());
+        }
         for (text, shown) in [
             ("1h", "1h"),
             ("90m", "90m"),

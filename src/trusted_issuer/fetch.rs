@@ -127,10 +127,45 @@ pub enum FetchError {
 }
 
 /// The members of a discovery document used here.
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Discovery {
+    /// `issuer`.
+    pub issuer: String,
+    /// `jwks_uri`.
+    pub jwks_uri: String,
+}
+
+/// Parses a discovery document read from `url`. With `expected_issuer`, its `issuer` must be
+/// exactly that (RFC 8414 §3.3); the kubernetes preset learns the issuer from it instead.
+pub fn parse_discovery(
+    url: &str,
+    body: &[u8],
+    expected_issuer: Option<&str>,
+) -> Result<Discovery, FetchError> {
+    let doc: Discovery = parse(url, body)?;
+    if let Some(expected) = expected_issuer
+        && doc.issuer != expected
+    {
+        return Err(FetchError::IssuerMismatch {
+            expected: expected.to_owned(),
+            found: doc.issuer.chars().take(512).collect(),
+        });
+    }
+    Ok(doc)
+}
+
+/// The path at which the API server serves the JWKS a kubernetes discovery document names:
+/// the document gives its public URL, the API server serves it at the same path.
+pub fn kubernetes_jwks_path(doc: &Discovery) -> Result<String, FetchError> {
+    doc.jwks_uri
+        .parse::<hyper::Uri>()
+        .ok()
+        .map(|u| u.path().to_owned())
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| FetchError::Invalid {
+            url: KUBERNETES_DISCOVERY_PATH.into(),
+            reason: "jwks_uri is not a URL".into(),
+        })
 }
 
 /// Fetches keys over HTTPS, and through the API server for the kubernetes preset.
@@ -179,13 +214,7 @@ impl Fetcher {
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
-                let doc: Discovery = parse(&url, &self.get(&url).await?)?;
-                if doc.issuer != *issuer {
-                    return Err(FetchError::IssuerMismatch {
-                        expected: issuer.clone(),
-                        found: doc.issuer.chars().take(512).collect(),
-                    });
-                }
+                let doc = parse_discovery(&url, &self.get(&url).await?, Some(issuer))?;
                 self.jwks(&doc.jwks_uri, Some(doc.issuer)).await
             }
             Source::Kubernetes => self.kubernetes().await,
@@ -208,19 +237,8 @@ impl Fetcher {
     async fn kubernetes(&self) -> Result<Fetched, FetchError> {
         let client = self.kube.as_ref().ok_or(FetchError::NoKubernetes)?;
         let doc_text = self.kube_get(client, KUBERNETES_DISCOVERY_PATH).await?;
-        let doc: Discovery = parse(KUBERNETES_DISCOVERY_PATH, doc_text.as_bytes())?;
-        // The document names the JWKS by its public URL; the API server serves it at the
-        // same path.
-        let path = doc
-            .jwks_uri
-            .parse::<hyper::Uri>()
-            .ok()
-            .map(|u| u.path().to_owned())
-            .filter(|p| p.starts_with('/'))
-            .ok_or_else(|| FetchError::Invalid {
-                url: KUBERNETES_DISCOVERY_PATH.into(),
-                reason: "jwks_uri is not a URL".into(),
-            })?;
+        let doc = parse_discovery(KUBERNETES_DISCOVERY_PATH, doc_text.as_bytes(), None)?;
+        let path = kubernetes_jwks_path(&doc)?;
         let keys_text = self.kube_get(client, &path).await?;
         let (keys, skipped) = parse_jwks(&path, keys_text.as_bytes())?;
         Ok(Fetched {

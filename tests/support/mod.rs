@@ -33,6 +33,11 @@ pub struct DevServer {
 impl DevServer {
     /// Starts `dev` on a free loopback port over `manifests`, with `state_dir`.
     pub fn start(manifests: &Path, state_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_log(manifests, state_dir, extra, "debug")
+    }
+
+    /// Like [`start`](Self::start), with `S2S_LOG` (the log filter) set to `log`.
+    pub fn start_with_log(manifests: &Path, state_dir: &Path, extra: &[&str], log: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_s2s-operator"))
             .arg("dev")
             .arg("--manifests")
@@ -41,7 +46,7 @@ impl DevServer {
             .arg(state_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("S2S_LOG", "debug")
+            .env("S2S_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
