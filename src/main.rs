@@ -192,6 +192,10 @@ struct TokenServerArgs {
     allow_unclaimed_audiences: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    /// On SIGTERM, keep answering this long with `/readyz` failing and every connection
+    /// closed after its answer, then stop (Go duration; below the Pod's grace period).
+    #[arg(long, env = "S2S_SHUTDOWN_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    shutdown_drain: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -405,6 +409,7 @@ async fn token_server(
         max_token_lifetime: args.cluster.max_token_lifetime,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
         limits: args.limits.limits(),
+        shutdown_drain: args.shutdown_drain,
     };
     token_server::run(
         client,

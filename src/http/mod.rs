@@ -38,6 +38,9 @@ pub struct AppState {
     pub revocation_sink: std::sync::OnceLock<Arc<dyn RevocationSink>>,
     /// Brute-force protection of client authentication.
     pub limiter: Limiter,
+    /// Shutting down: `/readyz` says 503 so load balancers stop sending, every answer closes
+    /// its connection, and requests are still served.
+    pub draining: AtomicBool,
 }
 
 /// Records a revoked token where every token-server replica sees it.
@@ -59,6 +62,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             revocation_sink: std::sync::OnceLock::new(),
             limiter: Limiter::default(),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -70,6 +74,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             revocation_sink: std::sync::OnceLock::new(),
             limiter: Limiter::new(limits),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -137,7 +142,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/tenants", get(tenants))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_when_draining,
+        ))
         .with_state(state)
+}
+
+/// While draining, every answer asks the client to close its connection, so keep-alive
+/// connections end after a complete exchange instead of being cut under a request.
+async fn close_when_draining(State(s): State<Arc<AppState>>, mut resp: Response) -> Response {
+    if s.draining.load(Ordering::Acquire) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Reads a form body and the client authentication of a POST request.
@@ -455,6 +474,9 @@ async fn tenants(
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     if s.ready.load(Ordering::Acquire) {
         "ok".into_response()
     } else {

@@ -51,6 +51,10 @@ pub struct Options {
     pub allow_unclaimed_audiences: bool,
     /// Brute-force protection of client authentication.
     pub limits: http::Limits,
+    /// On stop, how long to keep answering (with `/readyz` at 503 and `Connection: close`)
+    /// before closing, so load balancers and keep-alive clients move away without a lost
+    /// request.
+    pub shutdown_drain: Duration,
 }
 
 /// What can stop the token server.
@@ -220,19 +224,32 @@ pub async fn run(
     };
     let refresh = model.refresh_on(changed.clone());
 
+    let drain_state = state.clone();
     let router = http::router(state);
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
     tracing::info!(%local, tls = tls.is_some(), "token server listening");
+    let drain = options.shutdown_drain;
+    let drained = {
+        let (state, stop) = (drain_state, stop.clone());
+        async move {
+            stopped(stop).await;
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(?drain, "draining before shutdown");
+            tokio::time::sleep(drain).await;
+        }
+    };
     let serve = async {
         match tls {
-            Some(tls) => tls::serve(listener, tls, router, stopped(stop.clone())).await,
+            Some(tls) => tls::serve(listener, tls, router, drained).await,
             None => axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(stopped(stop.clone()))
+            .with_graceful_shutdown(drained)
             .await
             .map_err(ServeError::Serve),
         }
