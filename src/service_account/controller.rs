@@ -110,10 +110,32 @@ async fn reconcile_inner(sa: &ServiceAccount, ctx: &Ctx) -> Result<Action, Error
         &mut RandomGenerator,
     );
 
-    // Apply: Secrets, then status, then Events.
+    // Apply: Secrets, then status, then Events — except on rotation, where the status goes
+    // first: token servers learn the new verifier from the status, and a workload must not
+    // read a secret from its Secret before they accept it. (Should the Secret write then
+    // fail, the next pass finds the previous credential still current in the Secret and
+    // resumes the rotation, keeping it valid.)
+    let rotating = plan.events.iter().any(|e| e.reason == reasons::ROTATED);
+    if rotating {
+        write_status(sa, ctx, &namespace, &plan).await?;
+    }
     write_secrets(sa, &secrets, &plan, &existing).await?;
+    if !rotating {
+        write_status(sa, ctx, &namespace, &plan).await?;
+    }
+    publish_events(sa, ctx, &plan).await;
+    finish(&plan)
+}
+
+/// The status, by server-side apply, only when it changed.
+async fn write_status(
+    sa: &ServiceAccount,
+    ctx: &Ctx,
+    namespace: &str,
+    plan: &Plan,
+) -> Result<(), Error> {
     if sa.status.as_ref() != Some(&plan.status) {
-        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+        let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
         let body = json!({
             "apiVersion": crate::api::API_VERSION,
             "kind": "ServiceAccount",
@@ -128,8 +150,11 @@ async fn reconcile_inner(sa: &ServiceAccount, ctx: &Ctx) -> Result<Action, Error
         .await
         .map_err(Error::kube(format!("patch status of {}", k8s::display(sa))))?;
     }
-    publish_events(sa, ctx, &plan).await;
+    Ok(())
+}
 
+/// When to look again.
+fn finish(plan: &Plan) -> Result<Action, Error> {
     let ready = find(&plan.status.conditions, types::READY);
     let blocked = ready.is_some_and(|c| {
         c.status == ConditionStatus::False && c.reason.as_str() != reasons::DISABLED

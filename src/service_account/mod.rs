@@ -343,6 +343,32 @@ pub fn reconcile(
                         });
                         (new, new_mat, Some(prev), Some(mat))
                     }
+                    (Some(_), None)
+                        if let Some((prev, prev_mat)) = old_previous
+                            .filter(|p| {
+                                p.not_after.as_ref().is_some_and(|t| from_time(t) > ctx.now)
+                            })
+                            .and_then(|p| {
+                                secret::read_current(ty, p, data, alg).map(|m| (p.clone(), m))
+                            }) =>
+                    {
+                        // A rotation whose status was written but whose Secret was not: the
+                        // workloads still hold the previous credential. Issue the new one
+                        // again and keep the previous through its grace period.
+                        events.push(Event {
+                            warning: false,
+                            reason: reasons::ROTATED,
+                            message: format!(
+                                "{} rotation resumed; the previous one works until {}",
+                                ty.noun(),
+                                prev.not_after
+                                    .as_ref()
+                                    .map(|t| t.0.to_string())
+                                    .unwrap_or_default()
+                            ),
+                        });
+                        (new, new_mat, Some(prev), Some(prev_mat))
+                    }
                     (Some(_), None) => {
                         events.push(Event {
                             warning: true,

@@ -391,3 +391,53 @@ fn a_lost_status_adopts_what_the_secrets_hold_instead_of_regenerating() {
     assert_ne!(plan.status.client_id, client_id);
     assert_eq!(ready(&plan.status).1, reasons::SECRET_CONFLICT);
 }
+
+#[test]
+fn a_rotation_whose_secret_write_was_lost_resumes_and_keeps_the_previous() {
+    let mut sa = account(BOTH);
+    let mut observed = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &observed, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut observed, &first);
+    let old_secret = observed.secrets["worker-secret"].data["client_secret"].clone();
+
+    // Rotation: the status is written (status first), the Secret write is lost.
+    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "1".to_owned())].into());
+    let rotated = reconcile(&sa, &observed, &ctx(t0() + H), &mut g);
+    assert!(rotated.events.iter().any(|e| e.reason == reasons::ROTATED));
+    sa.status = Some(rotated.status.clone());
+
+    // The next pass: the Secret still holds the old secret as current.
+    let resumed = reconcile(
+        &sa,
+        &observed,
+        &ctx(t0() + H + Duration::from_secs(5)),
+        &mut g,
+    );
+    assert!(resumed.events.iter().any(|e| e.reason == reasons::ROTATED));
+    assert!(
+        !resumed
+            .events
+            .iter()
+            .any(|e| e.reason == event_reasons::REGENERATED),
+        "the previous secret is kept, not dropped"
+    );
+    let secret = &resumed
+        .secrets
+        .iter()
+        .find(|s| s.name == "worker-secret")
+        .unwrap()
+        .data;
+    assert_eq!(secret["client_secret.previous"], old_secret);
+    assert_ne!(secret["client_secret"], old_secret);
+    let previous = resumed
+        .status
+        .credentials
+        .iter()
+        .find(|c| c.type_ == CredentialType::ClientSecret && c.not_after.is_some())
+        .expect("the previous credential is still valid");
+    assert!(crypto::verify_secret(
+        &old_secret,
+        previous.secret_digest.as_deref().unwrap()
+    ));
+}
