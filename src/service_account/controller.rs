@@ -28,6 +28,9 @@ use crate::token::Clock;
 /// How often an account is looked at with nothing pending (drift, conflicts resolved
 /// elsewhere).
 pub const RESYNC: Duration = Duration::from_secs(3600);
+/// On rotation, how long the new verifier is in the status before the new credential is in
+/// the Secret.
+pub const ROTATION_SETTLE: Duration = Duration::from_secs(1);
 /// How soon an account that is not Ready for a reason outside its control is looked at again.
 pub const RETRY_NOT_READY: Duration = Duration::from_secs(60);
 
@@ -118,6 +121,9 @@ async fn reconcile_inner(sa: &ServiceAccount, ctx: &Ctx) -> Result<Action, Error
     let rotating = plan.events.iter().any(|e| e.reason == reasons::ROTATED);
     if rotating {
         write_status(sa, ctx, &namespace, &plan).await?;
+        // Let the status reach every token server's watch before a workload can read the
+        // new secret (a watch event usually arrives within milliseconds).
+        tokio::time::sleep(ROTATION_SETTLE).await;
     }
     write_secrets(sa, &secrets, &plan, &existing).await?;
     if !rotating {

@@ -284,12 +284,16 @@ impl Model {
         let _ = self.issuers.wait_until_ready().await;
         let _ = self.keys.wait_until_ready().await;
         let _ = self.revocations.wait_until_ready().await;
+        // A lone change is applied at once (a rotated secret must verify as soon as its
+        // status lands); a burst is coalesced into at most one rebuild per 50 ms, so a
+        // flood of events costs O(n) per 50 ms, not per event.
+        const MIN_GAP: Duration = Duration::from_millis(50);
         loop {
             let wait = self.rebuild();
+            let built = tokio::time::Instant::now();
             tokio::select! {
                 () = changed.notified() => {
-                    // Coalesce a burst of events into one rebuild.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep_until(built + MIN_GAP).await;
                 }
                 () = tokio::time::sleep(wait) => {}
             }
