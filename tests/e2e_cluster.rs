@@ -25,6 +25,7 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::json;
+use support::free_port;
 use support::scenario::{self, Waits, eventually};
 
 const MANAGER: &str = "s2s-e2e";
@@ -225,14 +226,6 @@ fn spawn(args: &[&str], kubeconfig: &Path, log: PathBuf) -> Proc {
         .spawn()
         .expect("s2s-operator starts");
     Proc(child)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn cleanup(admin: &Client, release: &str, namespaces: &[String]) {

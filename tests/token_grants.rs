@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use s2s_operator::api::{ServiceAccount, TokenGrant};
@@ -21,6 +21,7 @@ use s2s_operator::signing_keys::{self, Policy};
 use s2s_operator::token::Clock;
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
+use support::create_namespace;
 use support::scenario::{self, eventually};
 use tokio::sync::watch;
 
@@ -96,12 +97,6 @@ fn start_controller(api: &ApiServer, clock: Arc<TestClock>) -> Replica {
         leading,
         task,
     }
-}
-
-async fn create_namespace(admin: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(admin.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns).await.unwrap();
 }
 
 async fn create<K>(api: &Api<K>, object: Value)

@@ -95,6 +95,67 @@ pub fn managed_secret(
     }
 }
 
+/// Publishes a reconcile's Events for the object `reference` points at. A Warning whose
+/// reason is in `already_reported` (the reasons the stored status already carries) is not
+/// repeated, so a lasting problem is reported once, not on every pass. A failed Event write is
+/// logged and does not fail the reconcile.
+pub async fn publish_events(
+    recorder: &kube::runtime::events::Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    events: &[crate::service_account::Event],
+    already_reported: &[String],
+) {
+    use kube::runtime::events::{Event, EventType};
+    for ev in events {
+        if ev.warning && already_reported.iter().any(|r| r == ev.reason) {
+            continue;
+        }
+        let event = Event {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.to_owned(),
+            note: Some(ev.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, reference).await {
+            tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
+        }
+    }
+}
+
+/// Per-object exponential backoff for a controller's `error_policy`: counts the object's
+/// consecutive failures (the reconcile clears them on success) and waits 1 s, 2 s, 4 s … up
+/// to 5 minutes.
+pub fn backoff_policy<K>(
+    failures: &std::sync::Mutex<
+        std::collections::HashMap<kube::runtime::reflector::ObjectRef<K>, u32>,
+    >,
+    obj: &K,
+    err: &Error,
+) -> kube::runtime::controller::Action
+where
+    K: kube::Resource<DynamicType = ()> + ResourceExt,
+{
+    let key = kube::runtime::reflector::ObjectRef::from_obj(obj);
+    let mut failures = failures.lock().expect("not poisoned");
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = crate::service_account::controller::backoff(*n);
+    let object = display(obj);
+    tracing::warn!(
+        %object,
+        category = err.category(),
+        error = %err,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    kube::runtime::controller::Action::requeue(delay)
+}
+
 /// Errors of the I/O stages, with a stable category for metrics and Event reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -249,52 +249,22 @@ async fn write_secrets(
     Ok(())
 }
 
-/// Publishes the plan's Events. A Warning whose reason is already the Ready reason of the
-/// stored status is not repeated (a conflict reported once, not every minute). A failed
-/// Event write is logged and does not fail the reconcile.
+/// Publishes the plan's Events; a Warning whose reason is already the Ready reason of the
+/// stored status is not repeated (a conflict reported once, not every minute).
 async fn publish_events(sa: &ServiceAccount, ctx: &Ctx, plan: &Plan) {
-    let old_reason = sa
+    let reported: Vec<String> = sa
         .status
         .as_ref()
         .and_then(|s| find(&s.conditions, types::READY))
-        .map(|c| c.reason.clone());
-    let reference = sa.object_ref(&());
-    for ev in &plan.events {
-        if ev.warning && old_reason.as_deref() == Some(ev.reason) {
-            continue;
-        }
-        let event = KubeEvent {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.to_owned(),
-            note: Some(ev.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
-        }
-    }
+        .map(|c| c.reason.clone())
+        .into_iter()
+        .collect();
+    k8s::publish_events(&ctx.recorder, &sa.object_ref(&()), &plan.events, &reported).await;
 }
 
 /// Per-object exponential backoff: 1 s, 2 s, 4 s … up to 5 minutes.
 pub fn error_policy(sa: Arc<ServiceAccount>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    let key = ObjectRef::from_obj(sa.as_ref());
-    let mut failures = ctx.failures.lock().expect("not poisoned");
-    let n = failures.entry(key).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = backoff(*n);
-    tracing::warn!(
-        account = %k8s::display(sa.as_ref()),
-        category = err.category(),
-        error = %err,
-        retry_in = ?delay,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
+    k8s::backoff_policy(&ctx.failures, sa.as_ref(), err)
 }
 
 /// The delay after `n` consecutive failures.

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,7 +32,7 @@ use crate::crypto::SigningKey;
 use crate::k8s::conditions::find;
 use crate::k8s::{self, Error, FIELD_MANAGER, TOKEN_GRANT_LABEL};
 use crate::service_account::ObservedSecret;
-use crate::service_account::controller::{RESYNC, RETRY_NOT_READY, backoff};
+use crate::service_account::controller::{RESYNC, RETRY_NOT_READY};
 use crate::token::Clock;
 
 /// What the TokenGrant reconciler shares.
@@ -348,7 +348,7 @@ async fn write_status(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) -> Result<(), 
 /// Publishes the plan's Events. A Warning whose reason is already the stored Ready or Issuing
 /// reason is not repeated (reported once, not on every pass or retry).
 async fn publish_events(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) {
-    let old_reasons: Vec<String> = grant
+    let reported: Vec<String> = grant
         .status
         .as_ref()
         .map(|s| {
@@ -358,41 +358,16 @@ async fn publish_events(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) {
                 .collect()
         })
         .unwrap_or_default();
-    let reference = grant.object_ref(&());
-    for ev in &plan.events {
-        if ev.warning && old_reasons.iter().any(|r| r == ev.reason) {
-            continue;
-        }
-        let event = KubeEvent {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.to_owned(),
-            note: Some(ev.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason = ev.reason, "could not publish an Event");
-        }
-    }
+    k8s::publish_events(
+        &ctx.recorder,
+        &grant.object_ref(&()),
+        &plan.events,
+        &reported,
+    )
+    .await;
 }
 
 /// Per-object exponential backoff, as for ServiceAccounts.
 pub fn error_policy(grant: Arc<TokenGrant>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    let key = ObjectRef::from_obj(grant.as_ref());
-    let mut failures = ctx.failures.lock().expect("not poisoned");
-    let n = failures.entry(key).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = backoff(*n);
-    tracing::warn!(
-        grant = %k8s::display(grant.as_ref()),
-        category = err.category(),
-        error = %err,
-        retry_in = ?delay,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
+    k8s::backoff_policy(&ctx.failures, grant.as_ref(), err)
 }

@@ -238,3 +238,21 @@ pub fn manifests_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Creates a namespace through the API.
+pub async fn create_namespace(admin: &kube::Client, name: &str) {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(admin.clone());
+    let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    api.create(&kube::api::PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
