@@ -16,6 +16,7 @@ pub mod conditions;
 pub mod service_account;
 pub mod token_grant;
 pub mod trusted_issuer;
+pub mod yaml;
 
 use std::borrow::Cow;
 
@@ -292,7 +293,7 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 
 /// A CRD as the YAML document that `crdgen` prints and `crds/` holds.
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    serde_yaml::to_string(crd).expect("a CRD always serializes to YAML")
+    yaml::to_string(crd)
 }
 
 #[cfg(test)]

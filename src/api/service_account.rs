@@ -40,7 +40,9 @@ use super::{
     printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        // A string (RFC 3339), not `date`: kubectl prints a `date` as an age, and a
+        // future time as `<invalid>`.
+        type_ = "string",
         json_path = ".status.currentCredential.expires"
     ),
     printcolumn(

@@ -35,7 +35,9 @@ use super::{
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Audience", type_ = "string", json_path = ".spec.audience"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
+    // A string (RFC 3339), not `date`: kubectl prints a `date` as an age (`<invalid>` when
+    // it lies ahead).
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(
         name = "Age",
         type_ = "date",
