@@ -65,6 +65,75 @@ fn crds_folder_equals_crdgen() {
     }
 }
 
+/// kubectl and Helm read YAML 1.1, where a bare `y`, `n`, `yes`, `no`, `on`, `off` (any
+/// capitalisation) is a boolean: the JWK members `y` and `n` of our CRDs once reached the
+/// apiserver as `true` and `false`. No key or value in a file we ship may be such a bare
+/// word. Block scalars (descriptions) and comments are text, not YAML scalars.
+#[test]
+fn no_shipped_yaml_has_a_yaml_1_1_boolean_bare_word() {
+    let word = r"(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)";
+    let patterns = [
+        // a key: `y:`, `- n:`
+        format!(r"^\s*(?:-\s+)*{word}:(?:\s|$)"),
+        // a value: `key: yes`, `- no`
+        format!(r"^\s*(?:-\s+)*(?:[^#:]+:\s+)?{word}\s*(?:#.*)?$"),
+        // in a flow collection: `{y: 1}`, `[on, off]`
+        format!(r"[{{\[,]\s*{word}\s*[:,\]}}]"),
+    ];
+    let patterns: Vec<regex::Regex> = patterns
+        .iter()
+        .map(|p| regex::Regex::new(p).unwrap())
+        .collect();
+    let block_start = regex::Regex::new(r"(?:^|\s)[|>][-+1-9]*\s*$").unwrap();
+    let mut files = vec![];
+    for dir in ["crds", "charts", "examples"] {
+        collect_yaml(&root().join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 20,
+        "found the shipped YAML ({} files)",
+        files.len()
+    );
+    let mut found = vec![];
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut block: Option<usize> = None;
+        for (n, line) in text.lines().enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            if let Some(open) = block {
+                if line.trim().is_empty() || indent > open {
+                    continue;
+                }
+                block = None;
+            }
+            let code = line.trim_start();
+            if code.starts_with('#') || code.starts_with("{{") {
+                continue;
+            }
+            if patterns.iter().any(|p| p.is_match(line)) {
+                found.push(format!("{}:{}: {line}", file.display(), n + 1));
+            }
+            if block_start.is_match(line) {
+                block = Some(indent);
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "YAML 1.1 reads these bare words as booleans; quote them:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_yaml_1_1_check_reads_crdgen_output_before_quoting_as_broken() {
+    // What serde_yaml alone writes for a JWK schema: the bug this guards against.
+    let plain = serde_yaml::to_string(&json!({"properties": {"y": {"type": "string"}}})).unwrap();
+    assert!(plain.contains("\n  y:"), "{plain}");
+    let quoted = api::yaml::to_string(&json!({"properties": {"y": {"type": "string"}}}));
+    assert!(quoted.contains("\n  \"y\":"), "{quoted}");
+}
+
 #[test]
 fn crdgen_prints_every_crd() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_s2s-operator"))
