@@ -188,6 +188,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         watcher::Config::default(),
     );
     let grant_store = grants_controller.store();
+    let (accounts_ready, issuers_ready) = (account_store.clone(), issuer_store.clone());
     let grants_ctx = Arc::new(grant_controller::Ctx {
         client: client.clone(),
         namespace: options.namespace.clone(),
@@ -207,6 +208,15 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         failures: Mutex::new(Default::default()),
         metrics: metrics.clone(),
     });
+    // Grant decisions need every account and issuer, so the grant controller starts once
+    // both stores are ready: one waiter each. Waiting inside each reconcile instead hung on a
+    // real apiserver: kube-runtime's `Store::wait_until_ready` wakes only the last of several
+    // concurrent waiters, so grants present at start-up were never reconciled.
+    let ready = async move {
+        let _ = accounts_ready.wait_until_ready().await;
+        let _ = issuers_ready.wait_until_ready().await;
+        tracing::debug!("account and issuer stores ready: starting the TokenGrant controller");
+    };
     let grants_loop = grants_controller
         .owns(
             Api::<Secret>::all(client.clone()),
@@ -228,6 +238,10 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let grants_loop = async move {
+        ready.await;
+        grants_loop.await;
+    };
     let revocations = crate::revocation::maintain(
         client.clone(),
         options.namespace.clone(),
