@@ -16,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jwt_simple::prelude::*;
 use serde_json::Value;
 
+pub mod cluster;
 pub mod idp;
 pub mod rbac;
 pub mod scenario;
