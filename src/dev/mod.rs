@@ -411,9 +411,11 @@ impl Dev {
     /// grants in it.
     fn grants_with_uids(&self, world: &Manifests) -> Vec<crate::api::TokenGrant> {
         let present: Vec<String> = world.grants.iter().map(store::key_of).collect();
-        let (uids, saved) =
-            self.state
-                .grant_uids(&present, world.errors.is_empty(), crate::crypto::new_client_id);
+        let (uids, saved) = self.state.grant_uids(
+            &present,
+            world.errors.is_empty(),
+            crate::crypto::new_client_id,
+        );
         if let Err(e) = saved {
             // The uids hold until the process ends; after a restart the grants would get new
             // ones and every token issued before would be void.

@@ -264,7 +264,10 @@ spec: {{subject: {{serviceAccount: {{name: worker, namespace: team}}}}, audience
             true,
         );
         assert!(registry.grant_live("uid-1"));
-        assert!(!registry.grant_live("uid-2"), "a revoked grant is not in force");
+        assert!(
+            !registry.grant_live("uid-2"),
+            "a revoked grant is not in force"
+        );
         assert!(!registry.grant_live("uid-3"));
         assert!(!registry.grant_live(""));
     }

@@ -289,9 +289,9 @@ impl Core {
     /// Whether a token names a grant that is no longer in force. A malformed entry counts as
     /// gone: we signed it, so it can only come from a bug, and refusing is the safe side.
     fn grants_gone(&self, registry: &Registry, c: &AccessClaims) -> bool {
-        c.grants.iter().any(|entry| {
-            registry::grant_ref_uid(entry).is_none_or(|uid| !registry.grant_live(uid))
-        })
+        c.grants
+            .iter()
+            .any(|entry| registry::grant_ref_uid(entry).is_none_or(|uid| !registry.grant_live(uid)))
     }
 
     /// The trusted issuers in force.
