@@ -227,6 +227,7 @@ fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
         Grant {
             namespace: "shop".into(),
             name: "worker".into(),
+            uid: "bench-grant-uid".into(),
             audience: "https://orders.example.com".into(),
             scopes: vec!["orders:read".into()],
             tenant: None,

@@ -1,8 +1,11 @@
-//! TokenGrants against the in-process API stand-in: the real kube-runtime Controller with the
-//! finalizer, audience ownership across namespaces, output tokens minted, verified with
-//! another JWT library, renewed on an injected clock with the old token valid until it
-//! expires, no re-issue across a controller restart, revocation by `spec.revoked` and by
-//! deletion, and the chart's RBAC against every request the controller made.
+//! TokenGrants against the in-process API stand-in: the real kube-runtime Controller (no
+//! finalizer; the one earlier versions added is removed, also from a grant being deleted),
+//! audience ownership across namespaces, output tokens minted, verified with another JWT
+//! library, renewed on an injected clock with the old token valid until it expires, no
+//! re-issue across a controller restart, revocation by `spec.revoked` (a deny-list entry) and
+//! by deletion (nothing written: tokens name their grant), and the chart's RBAC against every
+//! request the controller made. `dev` mode: tokens name their grants, and removing a grant
+//! from the manifests makes its tokens inactive.
 
 mod support;
 
@@ -217,13 +220,9 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
     let worker = scenario::wait_ready(&team_accounts, "worker", WAIT).await;
     let client_id = worker.status.unwrap().client_id.unwrap();
     let granted = wait_grant(&shop_grants, "worker", "Ready").await;
-    assert!(
-        granted
-            .metadata
-            .finalizers
-            .iter()
-            .flatten()
-            .any(|f| f == "s2s.dev/revocation")
+    assert_eq!(
+        granted.metadata.finalizers, None,
+        "no finalizer: deleting a grant must never wait on the controller"
     );
     let st = granted.status.clone().unwrap();
     assert_eq!(st.revision, Some(1));
@@ -251,6 +250,13 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
     assert_eq!(claims["jti"].as_str(), st.token_id.as_deref());
     let exp = claims["exp"].as_u64().unwrap();
     assert_eq!(exp - claims["iat"].as_u64().unwrap(), 300);
+    assert_eq!(
+        claims["grants"],
+        json!([format!(
+            "shop/worker/{}",
+            granted.metadata.uid.as_deref().unwrap()
+        )])
+    );
     assert_eq!(
         data["expires_at"],
         st.not_after.as_ref().unwrap().0.to_string()
@@ -378,7 +384,7 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
         entries
     );
 
-    // Deleted: the finalizer writes the revocation, then lets it go.
+    // Deleted: nothing to write (its tokens name it), and nothing holds the deletion.
     create(
         &shop_grants,
         json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
@@ -390,45 +396,75 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
     let reporter = scenario::wait_ready(&team_accounts, "reporter", WAIT).await;
     let reporter_id = reporter.status.unwrap().client_id.unwrap();
     let g = wait_grant(&shop_grants, "reporter", "Ready").await;
-    assert!(g.metadata.finalizers.is_some());
+    assert_eq!(g.metadata.finalizers, None);
     let before = unix(&clock);
+    let deny_before = s2s_operator::revocation::list(&admin, OP_NS).await.unwrap();
     shop_grants
         .delete("reporter", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(WAIT, "the deleted grant to go", || async {
-        shop_grants
-            .get_opt("reporter")
-            .await
-            .ok()
-            .and_then(|g| g.is_none().then_some(()))
-    })
-    .await;
+    assert!(
+        shop_grants.get_opt("reporter").await.unwrap().is_none(),
+        "deleted at once"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let deny = s2s_operator::revocation::list(&admin, OP_NS).await.unwrap();
-    assert!(deny.denies("any", &reporter_id, AUDIENCE, before, unix(&clock)));
-    // The sneaky grant's deletion writes nothing: it never opened the audience.
-    let before_sneaky = s2s_operator::revocation::list(&admin, OP_NS).await.unwrap();
+    assert!(!deny.denies("any", &reporter_id, AUDIENCE, before, unix(&clock)));
+    assert_eq!(deny, deny_before, "deletion writes no deny-list entry");
     team_grants
         .delete("sneaky", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(WAIT, "the sneaky grant to go", || async {
-        team_grants
-            .get_opt("sneaky")
+    assert!(team_grants.get_opt("sneaky").await.unwrap().is_none());
+
+    // Grants written by an earlier version carry its finalizer. With the controller stopped
+    // (an upgrade, or after `helm uninstall`), one of them is deleted and stays Terminating;
+    // the controller removes the finalizer from both, keeps anyone else's, and the deletion
+    // completes.
+    replica.shutdown().await;
+    for (name, finalizers) in [
+        ("legacy", json!(["s2s.dev/revocation", "example.com/keep"])),
+        ("legacy-deleted", json!(["s2s.dev/revocation"])),
+    ] {
+        create(
+            &shop_grants,
+            json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+                   "metadata": {"name": name, "namespace": "shop", "finalizers": finalizers},
+                   "spec": {"subject": {"serviceAccount": {"name": "reporter", "namespace": "team"}},
+                            "audience": AUDIENCE}}),
+        )
+        .await;
+    }
+    shop_grants
+        .delete("legacy-deleted", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = shop_grants.get("legacy-deleted").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some(), "Terminating");
+    let replica = start_controller(&api, clock.clone());
+    eventually(WAIT, "the Terminating grant to go", || async {
+        shop_grants
+            .get_opt("legacy-deleted")
             .await
             .ok()
             .and_then(|g| g.is_none().then_some(()))
     })
     .await;
-    assert_eq!(
-        s2s_operator::revocation::list(&admin, OP_NS).await.unwrap(),
-        before_sneaky
-    );
+    let legacy = eventually(WAIT, "the old finalizer to be removed", || async {
+        let g = shop_grants.get("legacy").await.ok()?;
+        (g.metadata.finalizers.as_deref() == Some(&["example.com/keep".to_owned()][..]))
+            .then_some(g)
+    })
+    .await;
+    // It is reconciled as any other grant.
+    wait_grant(&shop_grants, "legacy", "Ready").await;
+    assert!(legacy.metadata.deletion_timestamp.is_none());
 
     replica.shutdown().await;
 
     // RBAC, both ways, for what TokenGrants need: every request the controller made is
-    // allowed, and every TokenGrant rule and the Secret and ConfigMap rules were used.
+    // allowed, and every TokenGrant rule (`patch` only removes the old finalizer) and the
+    // Secret and ConfigMap rules were used.
     support::rbac::check_both_ways(
         &api.requests(),
         OP_NS,
@@ -577,4 +613,149 @@ spec:
         "{}",
         dev.logs()
     );
+}
+
+const DEV_ACCOUNTS: &str = r#"
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: orders, namespace: shop}
+spec: {api: {audience: "https://orders.test", scopes: [{name: "orders:read"}]}}
+---
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: worker, namespace: team}
+spec:
+  scopes: ["orders:read"]
+  audiences: ["https://orders.test"]
+  authentication: {clientSecret: {secretName: worker-credentials}}
+---
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: reporter, namespace: team}
+spec:
+  scopes: ["orders:read"]
+  audiences: ["https://orders.test"]
+  authentication: {clientSecret: {secretName: reporter-credentials}}
+"#;
+
+fn dev_grant(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: s2s.dev/v1alpha1
+kind: TokenGrant
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  subject: {{serviceAccount: {{name: {name}, namespace: team}}}}
+  audience: "https://orders.test"
+  scopes: ["orders:read"]
+"#
+    )
+}
+
+/// A client-credentials token for the account whose credentials are in `secret`, through
+/// the `oauth2` crate.
+async fn dev_token(dev: &support::DevServer, secret: &str) -> String {
+    use oauth2::basic::BasicClient;
+    use oauth2::{ClientId, ClientSecret, TokenResponse, TokenUrl};
+    let creds = dev.secret("team", secret);
+    let client = BasicClient::new(ClientId::new(creds["client_id"].clone()))
+        .set_client_secret(ClientSecret::new(creds["client_secret"].clone()))
+        .set_token_uri(TokenUrl::new(creds["token_url"].clone()).unwrap());
+    client
+        .exchange_client_credentials()
+        .add_extra_param("audience", "https://orders.test")
+        .request_async(&support::http())
+        .await
+        .expect("a token")
+        .access_token()
+        .secret()
+        .clone()
+}
+
+/// RFC 7662 introspection of `token` by the account whose credentials are in `secret`.
+async fn dev_active(dev: &support::DevServer, secret: &str, token: &str) -> bool {
+    let creds = dev.secret("team", secret);
+    let answer: Value = support::http()
+        .post(format!("{}/oauth2/introspect", dev.issuer))
+        .basic_auth(&creds["client_id"], Some(&creds["client_secret"]))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["active"].as_bool().expect("active is a boolean")
+}
+
+/// `dev` over HTTP: tokens name their grant by a uid kept in the state dir; removing a grant
+/// from the manifests makes its tokens inactive within seconds while another grant's stay
+/// active; the grant put back is another grant (a new uid), so the old token stays inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tokens_name_their_grant_and_die_with_it() {
+    let manifests = support::manifests_dir(&[
+        ("accounts.yaml", DEV_ACCOUNTS),
+        ("worker.yaml", &dev_grant("worker")),
+        ("reporter.yaml", &dev_grant("reporter")),
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    let dev = support::DevServer::start(manifests.path(), state.path(), &[]);
+    let keys = support::jwks(&dev.issuer).await;
+    let worker_token = dev_token(&dev, "worker-credentials").await;
+    let reporter_token = dev_token(&dev, "reporter-credentials").await;
+    let claims =
+        support::verify_access_token(&worker_token, &keys, &dev.issuer, "https://orders.test");
+    let grants = claims["grants"].as_array().expect("a grants claim");
+    assert_eq!(grants.len(), 1, "{claims}");
+    let entry = grants[0].as_str().unwrap();
+    let uid = entry
+        .strip_prefix("shop/worker/")
+        .expect("namespace/name/uid");
+    assert!(!uid.is_empty() && !uid.contains('/'), "{entry}");
+    let reporter_claims =
+        support::verify_access_token(&reporter_token, &keys, &dev.issuer, "https://orders.test");
+    assert_ne!(reporter_claims["grants"], claims["grants"]);
+    assert!(dev_active(&dev, "worker-credentials", &worker_token).await);
+    // (The uid surviving a restart is what keeps the output token of
+    // dev_mode_writes_output_tokens_and_keeps_them_across_restarts from being re-issued.)
+
+    std::fs::remove_file(manifests.path().join("worker.yaml")).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the removed grant's token to be inactive",
+        || async { (!dev_active(&dev, "worker-credentials", &worker_token).await).then_some(()) },
+    )
+    .await;
+    assert!(
+        dev_active(&dev, "reporter-credentials", &reporter_token).await,
+        "another grant's token stays active"
+    );
+
+    // Put back: a new grant with a new uid; the old token stays inactive.
+    std::fs::write(manifests.path().join("worker.yaml"), dev_grant("worker")).unwrap();
+    let fresh = eventually(Duration::from_secs(10), "the grant to be back", || async {
+        let creds = dev.secret("team", "worker-credentials");
+        let r = support::http()
+            .post(dev.token_url())
+            .basic_auth(&creds["client_id"], Some(&creds["client_secret"]))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", "https://orders.test"),
+            ])
+            .send()
+            .await
+            .ok()?;
+        let body: Value = r.json().await.ok()?;
+        body["access_token"].as_str().map(str::to_owned)
+    })
+    .await;
+    let fresh_claims = support::verify_access_token(
+        &fresh,
+        &support::jwks(&dev.issuer).await,
+        &dev.issuer,
+        "https://orders.test",
+    );
+    assert_ne!(fresh_claims["grants"], claims["grants"], "a new uid");
+    assert!(dev_active(&dev, "worker-credentials", &fresh).await);
+    assert!(!dev_active(&dev, "worker-credentials", &worker_token).await);
 }

@@ -119,6 +119,7 @@ fn grant(name: &str, namespace: &str, audience: &str) -> Grant {
     Grant {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
+        uid: format!("uid-{namespace}-{name}"),
         audience: audience.to_owned(),
         scopes: vec!["read".into(), "write:*".into()],
         tenant: None,

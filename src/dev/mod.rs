@@ -2,7 +2,9 @@
 //! no cluster. Manifests are read from files; every Secret the controller would create is
 //! written as a mounted-Secret tree, `STATE_DIR/<namespace>/<secret-name>/<key>`; statuses,
 //! ownership and the signing keys persist under the state dir, so nothing is regenerated on
-//! a restart. Manifests are polled and re-applied when they change, and at least every 30
+//! a restart. Each TokenGrant gets a uid kept in the state dir as the API server would give
+//! one; a grant removed from the manifests loses it, so the tokens that name it are void
+//! even if it comes back. Manifests are polled and re-applied when they change, and at least every 30
 //! seconds (sooner when a TokenGrant's output token is due for renewal).
 
 mod manifests;
@@ -302,13 +304,14 @@ impl Dev {
             lines.push(self.describe(&sa));
             accounts.push(sa);
         }
-        let grants = self.apply_grants(world, &accounts, &keys, now);
+        let with_uids = self.grants_with_uids(world);
+        let grants = self.apply_grants(world, &with_uids, &accounts, &keys, now);
         if let Ok(keys) = keys {
             self.core.set_keys(keys);
         }
         self.core.set_registry(store::build_registry(
             &accounts,
-            &world.grants,
+            &with_uids,
             self.options.allow_unclaimed_audiences,
         ));
         self.trusted.set_issuers(&world.issuers);
@@ -319,11 +322,14 @@ impl Dev {
     }
 
     /// The TokenGrant reconcile for every grant: statuses under the state dir, output tokens
-    /// as mounted-Secret files. Deny-list entries have no shared list to go to here: a
-    /// revoked grant only stops issuing (the token server drops it) and loses its output token.
+    /// as mounted-Secret files. Deny-list entries have no shared list to go to here; they are
+    /// not needed for that: a revoked or removed grant leaves the registry, so every token
+    /// naming it (claim `grants`) is inactive at once, and a revoked grant loses its output
+    /// token. (Un-revoking it revives its earlier tokens here, unlike in a cluster.)
     fn apply_grants(
         &self,
         world: &Manifests,
+        grants: &[crate::api::TokenGrant],
         accounts: &[crate::api::ServiceAccount],
         keys: &Result<KeySet, String>,
         now: SystemTime,
@@ -331,7 +337,7 @@ impl Dev {
         let ctx = token_grant::Context { now };
         let mut lines = vec![];
         let mut next: Option<Duration> = None;
-        for g in &world.grants {
+        for g in grants {
             let mut g = g.clone();
             let key = store::key_of(&g);
             // Not `namespace/name` alone: an account of the same name must not pass for it.
@@ -397,6 +403,33 @@ impl Dev {
         }
         *self.next_due.lock().expect("not poisoned") = next.map(|d| std::time::Instant::now() + d);
         lines
+    }
+
+    /// The manifests' grants with `metadata.uid` set from the state dir (there is no API
+    /// server to assign one). A grant missing from the manifests loses its uid, unless some
+    /// manifest could not be read: a file caught mid-edit must not void every token of the
+    /// grants in it.
+    fn grants_with_uids(&self, world: &Manifests) -> Vec<crate::api::TokenGrant> {
+        let present: Vec<String> = world.grants.iter().map(store::key_of).collect();
+        let (uids, saved) = self.state.grant_uids(
+            &present,
+            world.errors.is_empty(),
+            crate::crypto::new_client_id,
+        );
+        if let Err(e) = saved {
+            // The uids hold until the process ends; after a restart the grants would get new
+            // ones and every token issued before would be void.
+            eprintln!("warning: cannot save TokenGrant uids: {e}");
+        }
+        world
+            .grants
+            .iter()
+            .map(|g| {
+                let mut g = g.clone();
+                g.metadata.uid = uids.get(&store::key_of(&g)).cloned();
+                g
+            })
+            .collect()
     }
 
     fn describe_grant(&self, g: &crate::api::TokenGrant) -> String {

@@ -1,7 +1,7 @@
 //! The `dev` state dir. Secrets are laid out like a mounted Secret volume,
 //! `<dir>/<namespace>/<secret>/<key>`, so a workload example can point at it. Bookkeeping
-//! that a cluster keeps in the API (statuses, which object owns which Secret, the operator's
-//! signing keys) lives under `<dir>/.s2s/`, a name no namespace can have.
+//! that a cluster keeps in the API (statuses, which object owns which Secret, TokenGrant
+//! uids, the operator's signing keys) lives under `<dir>/.s2s/`, a name no namespace can have.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -151,6 +151,49 @@ impl StateDir {
             &path,
             &serde_json::to_vec_pretty(status).expect("status serializes"),
         )
+    }
+}
+
+impl StateDir {
+    fn grant_uids_path(&self) -> PathBuf {
+        self.root.join(".s2s/uids/tokengrants.json")
+    }
+
+    /// The uid of every grant in `present` (`namespace/name`), as the API server would keep
+    /// `metadata.uid`: the one saved for it, or a new one from `new_uid` for a grant not seen
+    /// before. Tokens name their grant by uid, so a grant no longer present is forgotten
+    /// (when `forget_missing`) and gets a new uid if it comes back: its old tokens stay void,
+    /// as for a TokenGrant deleted and created again. Saved only when something changed; the
+    /// second value says whether saving worked (the uids hold for this pass either way).
+    pub fn grant_uids(
+        &self,
+        present: &[String],
+        forget_missing: bool,
+        mut new_uid: impl FnMut() -> String,
+    ) -> (BTreeMap<String, String>, io::Result<()>) {
+        let path = self.grant_uids_path();
+        let saved: BTreeMap<String, String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut uids = saved.clone();
+        if forget_missing {
+            uids.retain(|k, _| present.contains(k));
+        }
+        for key in present {
+            uids.entry(key.clone()).or_insert_with(&mut new_uid);
+        }
+        let saved_ok = if uids == saved {
+            Ok(())
+        } else {
+            create_private_dir(path.parent().expect("has a parent")).and_then(|()| {
+                write_private(
+                    &path,
+                    &serde_json::to_vec_pretty(&uids).expect("uids serialize"),
+                )
+            })
+        };
+        (uids, saved_ok)
     }
 }
 

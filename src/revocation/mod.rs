@@ -6,9 +6,15 @@
 //! Two kinds of entries:
 //! * `j.<jti>` → the token's `exp`: one token revoked through RFC 7009;
 //! * `g.<digest of subject and audience>` → [`GrantRevocation`] as JSON: a TokenGrant was
-//!   deleted or revoked, so every token for that subject and audience issued up to `before`
-//!   is void until `until` (the longest such a token can live). Tokens carry no grant id, so
-//!   this also voids same-subject tokens another grant allowed; they are re-issued on request.
+//!   revoked (`spec.revoked`), so every token for that subject and audience issued up to
+//!   `before` is void until `until` (the longest such a token can live), even if the grant is
+//!   un-revoked later. It also voids same-subject tokens another grant allowed; they are
+//!   re-issued on request.
+//!
+//! Deleting a grant writes nothing here: tokens name their grants (claim `grants`), and the
+//! token core holds a token naming a grant it no longer sees as void (`token::core`). That is
+//! why TokenGrants need no finalizer. Tokens from versions before the claim are covered by
+//! `spec.revoked` entries only.
 //!
 //! Entries are dropped by the controller once they can no longer match a live token.
 

@@ -115,6 +115,7 @@ pub fn build_registry(
         let grant = Grant {
             namespace: namespace.clone(),
             name: g.name_any(),
+            uid: g.uid().unwrap_or_default(),
             audience: g.spec.audience.clone(),
             scopes: g.spec.scopes.clone(),
             tenant: g.spec.tenant.clone(),
@@ -240,5 +241,34 @@ spec: {{subject: {{serviceAccount: {{name: worker, namespace: team}}}}, audience
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn grants_are_live_by_uid_unless_revoked() {
+        let grant = |name: &str, uid: &str, revoked: bool| -> TokenGrant {
+            let mut g: TokenGrant = serde_yaml::from_str(&format!(
+                r#"
+apiVersion: s2s.dev/v1alpha1
+kind: TokenGrant
+metadata: {{name: {name}, namespace: shop}}
+spec: {{subject: {{serviceAccount: {{name: worker, namespace: team}}}}, audience: "https://orders", revoked: {revoked}}}
+"#
+            ))
+            .unwrap();
+            g.metadata.uid = Some(uid.into());
+            g
+        };
+        let registry = build_registry(
+            &[],
+            &[grant("kept", "uid-1", false), grant("cut", "uid-2", true)],
+            true,
+        );
+        assert!(registry.grant_live("uid-1"));
+        assert!(
+            !registry.grant_live("uid-2"),
+            "a revoked grant is not in force"
+        );
+        assert!(!registry.grant_live("uid-3"));
+        assert!(!registry.grant_live(""));
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{ErrorCode, OAuthError};
-use super::registry::{Client, Registry};
+use super::registry::{self, Client, Registry};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 use crate::crypto::{self, Jwk, SigningKey};
@@ -37,6 +37,8 @@ pub(super) struct Mint {
     pub(super) scope: Vec<String>,
     pub(super) tenant: Option<String>,
     pub(super) act: Option<Value>,
+    /// The `grants` claim: every TokenGrant that contributed (see [`registry::grant_refs`]).
+    pub(super) grants: Vec<String>,
 }
 /// Longest accepted client assertion, in bytes.
 pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
@@ -214,6 +216,11 @@ pub struct AccessClaims {
     /// RFC 8693 §4.1: who acts on the subject's behalf; prior actors nested inside.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Value>,
+    /// Private claim: the TokenGrants the token was issued under, each
+    /// `namespace/name/uid`. The token is void once any of them is deleted or revoked.
+    /// Absent on tokens from earlier versions (only the deny list applies to those).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
 }
 
 /// The claims we require of a `private_key_jwt` client assertion.
@@ -269,10 +276,22 @@ impl Core {
         self.deny.store(Arc::new(deny));
     }
 
-    /// Whether one of our tokens has been revoked: here, or on the shared list.
+    /// Whether one of our tokens has been revoked: here, on the shared list, or by its
+    /// grant going away (deleted or `spec.revoked`: the registry holds neither). Grant ids
+    /// are what let deletion revoke without a finalizer: nothing has to run when a grant (or
+    /// its namespace) is deleted, so deletion never waits on the controller.
     pub(super) fn is_void(&self, c: &AccessClaims, now: u64) -> bool {
         self.revoked.contains(&c.jti, now)
             || self.deny.load().denies(&c.jti, &c.sub, &c.aud, c.iat, now)
+            || self.grants_gone(&self.registry.load(), c)
+    }
+
+    /// Whether a token names a grant that is no longer in force. A malformed entry counts as
+    /// gone: we signed it, so it can only come from a bug, and refusing is the safe side.
+    fn grants_gone(&self, registry: &Registry, c: &AccessClaims) -> bool {
+        c.grants
+            .iter()
+            .any(|entry| registry::grant_ref_uid(entry).is_none_or(|uid| !registry.grant_live(uid)))
     }
 
     /// The trusted issuers in force.
@@ -388,6 +407,7 @@ impl Core {
             scope,
             tenant,
             act: None,
+            grants: registry::grant_refs(grants.iter().copied()),
         })
     }
 
@@ -407,6 +427,7 @@ impl Core {
             scope: scope.clone(),
             tenant: m.tenant,
             act: m.act,
+            grants: m.grants,
         };
         let keys = self.keys.load();
         let access_token = crypto::sign_jwt(keys.signer(), "at+jwt", &claims).map_err(|e| {
@@ -656,3 +677,186 @@ impl Core {
 /// A digest no secret has (the SHA-256 of the empty string is not one of ours: secrets are
 /// 43 characters), compared against for unknown clients.
 const UNKNOWN_CLIENT_DIGEST: &str = "sha256:47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::crypto::KeyAlgorithm;
+    use crate::revocation::GrantRevocation;
+    use crate::token::registry::{Api, Grant, SecretVerifier};
+
+    const AUDIENCE: &str = "https://orders.test";
+
+    fn grant(name: &str, uid: &str) -> Grant {
+        Grant {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: uid.into(),
+            audience: AUDIENCE.into(),
+            scopes: vec!["orders:read".into()],
+            tenant: None,
+            delegation: None,
+        }
+    }
+
+    /// A registry with one API in `shop`, the client `c1` (account `team/worker`) and these
+    /// grants for it.
+    fn registry(secret: &str, grants: &[Grant]) -> Registry {
+        let mut r = Registry::new(false);
+        r.add_api(Api {
+            audience: AUDIENCE.into(),
+            namespace: "shop".into(),
+            owner: "orders".into(),
+            scopes: vec![],
+        });
+        r.add_client(Client {
+            client_id: "c1".into(),
+            namespace: "team".into(),
+            name: "worker".into(),
+            scopes: vec!["orders:read".into()],
+            audiences: vec![AUDIENCE.into()],
+            token_lifetime: Duration::from_secs(600),
+            disabled: false,
+            secrets: vec![SecretVerifier {
+                digest: crypto::secret_digest(secret),
+                not_after: None,
+            }],
+            keys: vec![],
+            federated: vec![],
+        });
+        for g in grants {
+            r.add_grant("team", "worker", g.clone());
+        }
+        r
+    }
+
+    fn core(registry: Registry) -> Core {
+        let key = crypto::generate_key(KeyAlgorithm::ES256).unwrap();
+        let signer = SigningKey::from_pem(KeyAlgorithm::ES256, key.kid, &key.private_pem).unwrap();
+        Core::new(
+            Config::new("https://s2s.test"),
+            registry,
+            KeySet::new(signer, vec![]).unwrap(),
+            Arc::new(SystemClock),
+        )
+    }
+
+    fn auth(secret: &str) -> ClientAuth {
+        ClientAuth::Secret {
+            client_id: "c1".into(),
+            secret: secret.into(),
+            basic: true,
+        }
+    }
+
+    /// A client-credentials token from the core, and its verified claims.
+    fn issue(core: &Core, secret: &str) -> (String, AccessClaims) {
+        let params = Params::parse(b"grant_type=client_credentials").unwrap();
+        let token = core.token(&auth(secret), &params).unwrap().access_token;
+        let claims = core.verify_own(&token).unwrap();
+        (token, claims)
+    }
+
+    fn active(core: &Core, secret: &str, token: &str) -> bool {
+        let params = Params::parse(format!("token={token}").as_bytes()).unwrap();
+        core.introspect(&auth(secret), &params).unwrap()["active"] == Value::Bool(true)
+    }
+
+    fn now() -> u64 {
+        unix(SystemTime::now())
+    }
+
+    #[test]
+    fn tokens_name_every_grant_that_contributed() {
+        let secret = crypto::random_secret();
+        let core = core(registry(
+            &secret,
+            &[grant("b", "uid-b"), grant("a", "uid-a")],
+        ));
+        let (_, claims) = issue(&core, &secret);
+        assert_eq!(claims.grants, ["shop/a/uid-a", "shop/b/uid-b"]);
+    }
+
+    #[test]
+    fn a_token_of_a_live_grant_is_not_void() {
+        let secret = crypto::random_secret();
+        let core = core(registry(&secret, &[grant("a", "uid-a")]));
+        let (token, claims) = issue(&core, &secret);
+        assert!(!core.is_void(&claims, now()));
+        assert!(active(&core, &secret, &token));
+    }
+
+    #[test]
+    fn a_token_of_a_deleted_grant_is_void() {
+        let secret = crypto::random_secret();
+        let other = grant("b", "uid-b");
+        let core = core(registry(&secret, &[grant("a", "uid-a"), other.clone()]));
+        let (token, claims) = issue(&core, &secret);
+        // `a` is deleted: the token named it, so it is void though `b` still stands.
+        core.set_registry(registry(&secret, std::slice::from_ref(&other)));
+        assert!(core.is_void(&claims, now()));
+        assert!(!active(&core, &secret, &token));
+        // A grant of the same name created again is another grant (another uid).
+        core.set_registry(registry(&secret, &[grant("a", "uid-a2"), other]));
+        assert!(core.is_void(&claims, now()));
+        let (_, fresh) = issue(&core, &secret);
+        assert!(!core.is_void(&fresh, now()));
+    }
+
+    #[test]
+    fn a_token_of_a_revoked_grant_is_void() {
+        let secret = crypto::random_secret();
+        let core = core(registry(&secret, &[grant("a", "uid-a")]));
+        let (token, claims) = issue(&core, &secret);
+        // `spec.revoked` leaves the grant out of the registry (crate::store), with no
+        // deny-list entry yet: the claim alone voids the token.
+        core.set_registry(registry(&secret, &[]));
+        assert!(core.is_void(&claims, now()));
+        assert!(!active(&core, &secret, &token));
+        // Un-revoked (same uid back): the claim no longer voids it; the deny-list entry the
+        // revocation wrote is what keeps it void.
+        core.set_registry(registry(&secret, &[grant("a", "uid-a")]));
+        assert!(!core.is_void(&claims, now()));
+        let mut deny = BTreeMap::new();
+        let entry = GrantRevocation {
+            sub: claims.sub.clone(),
+            audience: claims.aud.clone(),
+            before: claims.iat,
+            until: claims.exp + 60,
+        };
+        deny.insert(
+            crate::revocation::grant_key(&entry.sub, &entry.audience),
+            serde_json::to_string(&entry).unwrap(),
+        );
+        core.set_deny_list(DenyList::from_data(&deny));
+        assert!(core.is_void(&claims, now()));
+    }
+
+    #[test]
+    fn a_token_without_the_claim_falls_back_to_the_deny_list() {
+        let secret = crypto::random_secret();
+        let core = core(registry(&secret, &[grant("a", "uid-a")]));
+        let (_, mut claims) = issue(&core, &secret);
+        // As tokens from earlier versions: no `grants`.
+        claims.grants.clear();
+        core.set_registry(registry(&secret, &[]));
+        assert!(!core.is_void(&claims, now()), "no claim, no grant check");
+        let mut deny = BTreeMap::new();
+        deny.insert(format!("j.{}", claims.jti), claims.exp.to_string());
+        core.set_deny_list(DenyList::from_data(&deny));
+        assert!(core.is_void(&claims, now()));
+    }
+
+    #[test]
+    fn a_malformed_grants_entry_is_void() {
+        let secret = crypto::random_secret();
+        let core = core(registry(&secret, &[grant("a", "uid-a")]));
+        let (_, mut claims) = issue(&core, &secret);
+        claims.grants = vec!["uid-a".into()];
+        assert!(core.is_void(&claims, now()));
+        claims.grants = vec!["shop/a/".into()];
+        assert!(core.is_void(&claims, now()));
+    }
+}

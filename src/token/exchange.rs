@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::core::{AccessClaims, Core, Mint, TokenResponse, unix};
 use super::error::{ErrorCode, OAuthError};
-use super::registry::{Client, FederatedMatch, Grant, Registry, wildcard_match};
+use super::registry::{Client, FederatedMatch, Grant, Registry, grant_refs, wildcard_match};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 use crate::trusted_issuer::verify::{Verified, VerifyError};
@@ -147,6 +147,7 @@ impl Core {
                 scope,
                 tenant: grants.iter().find_map(|g| g.tenant.clone()),
                 act: None,
+                grants: grant_refs(grants.iter().copied()),
             });
         }
         Err(OAuthError::invalid_target(
@@ -258,6 +259,7 @@ impl Core {
             scope,
             tenant: grants.iter().find_map(|g| g.tenant.clone()),
             act,
+            grants: grant_refs(grants.iter().copied()),
         })?;
         resp.issued_token_type = Some(ACCESS_TOKEN_TYPE.into());
         Ok(resp)
@@ -433,6 +435,7 @@ mod tests {
         let grant = |rule: Option<DelegationRuleT>| Grant {
             namespace: "n".into(),
             name: "g".into(),
+            uid: String::new(),
             audience: "a".into(),
             scopes: vec![],
             tenant: None,

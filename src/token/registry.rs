@@ -2,7 +2,7 @@
 //! that let them, as plain data. Built by `crate::store` from resources (reflectors in a
 //! cluster, manifest files in `dev`), swapped in whole on every change, read lock-free.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +100,9 @@ pub struct Grant {
     pub namespace: String,
     /// Name of the grant.
     pub name: String,
+    /// `metadata.uid` of the grant: tokens name it (claim `grants`), so a deleted grant's
+    /// tokens are void even if the name comes back. Empty when unknown (not tracked).
+    pub uid: String,
     /// The audience it opens.
     pub audience: String,
     /// Scopes it grants (may hold trailing wildcards).
@@ -151,6 +154,9 @@ pub struct Registry {
     /// Grants whose subject is an external identity: by (TrustedIssuer `namespace/name`,
     /// exact `sub`).
     issuer_grants: HashMap<(String, String), Vec<Grant>>,
+    /// uids of every grant in force (not deleted, not revoked): a token naming any other is
+    /// void. One hash lookup per named grant keeps introspection cheap.
+    live_grants: HashSet<String>,
     allow_unclaimed_audiences: bool,
 }
 
@@ -177,6 +183,7 @@ impl Registry {
 
     /// Adds a grant for the account `subject_namespace/subject_name`.
     pub fn add_grant(&mut self, subject_namespace: &str, subject_name: &str, grant: Grant) {
+        self.note_live(&grant);
         self.grants
             .entry((subject_namespace.to_owned(), subject_name.to_owned()))
             .or_default()
@@ -186,10 +193,22 @@ impl Registry {
     /// Adds a grant for the external subject `sub` of the TrustedIssuer `issuer`
     /// (`namespace/name`).
     pub fn add_issuer_grant(&mut self, issuer: &str, sub: &str, grant: Grant) {
+        self.note_live(&grant);
         self.issuer_grants
             .entry((issuer.to_owned(), sub.to_owned()))
             .or_default()
             .push(grant);
+    }
+
+    fn note_live(&mut self, grant: &Grant) {
+        if !grant.uid.is_empty() {
+            self.live_grants.insert(grant.uid.clone());
+        }
+    }
+
+    /// Whether the grant with this uid is in force (exists and is not revoked).
+    pub fn grant_live(&self, uid: &str) -> bool {
+        !uid.is_empty() && self.live_grants.contains(uid)
     }
 
     /// A client by id.
@@ -292,6 +311,31 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// The `grants` claim entry naming a grant: `namespace/name/uid` (names cannot hold `/`).
+/// `None` for a grant without a uid, which cannot be tracked.
+pub fn grant_ref(grant: &Grant) -> Option<String> {
+    (!grant.uid.is_empty()).then(|| grant_claim(&grant.namespace, &grant.name, &grant.uid))
+}
+
+/// A `grants` claim entry from its parts.
+pub fn grant_claim(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}/{name}/{uid}")
+}
+
+/// The `grants` claim of a token minted under these grants: each named once, sorted, so
+/// the claim does not depend on the order grants were found in.
+pub fn grant_refs<'a>(grants: impl IntoIterator<Item = &'a Grant>) -> Vec<String> {
+    let mut out: Vec<String> = grants.into_iter().filter_map(grant_ref).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The uid in a `grants` claim entry (after the last `/`).
+pub fn grant_ref_uid(entry: &str) -> Option<&str> {
+    entry.rsplit_once('/').map(|(_, uid)| uid)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::core::{Core, Mint, TokenResponse};
 use super::error::{ErrorCode, OAuthError};
-use super::registry::{Client, Grant, Registry};
+use super::registry::{self, Client, Grant, Registry};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 
@@ -96,6 +96,7 @@ impl Core {
             scope,
             tenant: Some(tenant.to_owned()),
             act: None,
+            grants: registry::grant_refs(grants.iter().copied()),
         })
     }
 

@@ -6,8 +6,13 @@
 //! `resourceVersion` read), then the status (server-side apply, only when it changed), then
 //! Events.
 //!
-//! The whole reconcile runs inside kube-runtime's `finalizer()` helper with [`FINALIZER`]: a
-//! deleted grant puts its subject and audience on the deny list before it goes.
+//! No finalizer: deletion needs no cleanup, because every token issued under a grant names
+//! its uid (claim `grants`) and token servers treat a token naming a grant they no longer
+//! see as inactive; the output Secret goes with the grant (owner reference). So deleting a
+//! grant, its namespace or the whole operator never waits on this controller. Grants from
+//! earlier versions still carry [`LEGACY_FINALIZER`]; it is removed (also from a grant being
+//! deleted, whose deletion then completes) with a merge patch guarded by the
+//! `resourceVersion` read, so another controller's finalizer added meanwhile is never lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,14 +22,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{
-    COMPONENT, Context, FINALIZER, Plan, Revocations, World, after_write_failure, audience_owner,
-    resolve_subject, revocation_recorded, revocations, subject_account,
+    COMPONENT, Context, LEGACY_FINALIZER, Plan, Revocations, World, after_write_failure,
+    audience_owner, resolve_subject, subject_account,
 };
 use crate::api::conditions::{ConditionStatus, reasons, types};
 use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
@@ -102,24 +106,49 @@ async fn reconcile_inner(grant: Arc<TokenGrant>, ctx: &Ctx) -> Result<Action, Er
     let _ = ctx.accounts.wait_until_ready().await;
     let _ = ctx.issuers.wait_until_ready().await;
     let api: Api<TokenGrant> = Api::namespaced(ctx.client.clone(), &namespace);
-    let display = k8s::display(grant.as_ref());
-    finalizer::finalizer(&api, FINALIZER, grant, |event| async move {
-        match event {
-            Finalizer::Apply(g) => apply(&g, ctx).await,
-            Finalizer::Cleanup(g) => cleanup(&g, ctx).await,
+    if grant.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        remove_legacy_finalizer(&api, &grant).await?;
+    }
+    if grant.meta().deletion_timestamp.is_some() {
+        // Nothing to clean up (see the module docs): the grant's tokens are void once token
+        // servers stop seeing it, and its output Secret is garbage-collected.
+        return Ok(Action::await_change());
+    }
+    apply(&grant, ctx).await
+}
+
+/// Drops [`LEGACY_FINALIZER`] from a grant written by an earlier version. A JSON merge patch
+/// replaces the whole list, so it carries the `resourceVersion` read: if the list changed
+/// meanwhile the write is a 409 and the next pass works from the new list. (No JSON patch
+/// `test` op: the API server answers 422 to a `test` of a missing path.)
+async fn remove_legacy_finalizer(api: &Api<TokenGrant>, grant: &TokenGrant) -> Result<(), Error> {
+    let kept: Vec<&String> = grant
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": grant.resource_version(),
+            "finalizers": if kept.is_empty() { Value::Null } else { json!(kept) },
         }
-    })
+    });
+    api.patch(
+        &grant.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
     .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) => {
-            Error::kube(format!("add finalizer to TokenGrant {display}"))(e)
-        }
-        finalizer::Error::RemoveFinalizer(e) => {
-            Error::kube(format!("remove finalizer from TokenGrant {display}"))(e)
-        }
-        other => Error::Invalid(format!("TokenGrant {display}: {other}")),
-    })
+    .map_err(Error::kube(format!(
+        "remove finalizer {LEGACY_FINALIZER} from TokenGrant {}",
+        k8s::display(grant)
+    )))?;
+    tracing::info!(
+        grant = %k8s::display(grant),
+        finalizer = LEGACY_FINALIZER,
+        "finalizer of an earlier version removed"
+    );
+    Ok(())
 }
 
 /// The world as the stores and the API show it; the signing key is read only when the grant
@@ -246,21 +275,6 @@ async fn apply(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
         next = next.min(RETRY_NOT_READY);
     }
     Ok(Action::requeue(next))
-}
-
-/// Deletion: the grant's tokens go on the deny list (unless `spec.revoked` already put them
-/// there); the output Secret goes with the grant (garbage collection).
-async fn cleanup(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
-    if !revocation_recorded(grant.status.as_ref()) {
-        let key = Err("not needed".into());
-        let world = observe(grant, ctx, &key, None).await;
-        let r = revocations(grant, &world, ctx.clock.now());
-        write_revocations(ctx, &r).await?;
-        if !r.is_empty() {
-            tracing::info!(grant = %k8s::display(grant), "deleted grant revoked");
-        }
-    }
-    Ok(Action::await_change())
 }
 
 async fn write_revocations(ctx: &Ctx, r: &Revocations) -> Result<(), Error> {

@@ -18,11 +18,19 @@
 //! is never written (`SecretConflict`). Random material (the `jti`) is only drawn when a token
 //! is actually minted.
 //!
-//! Revocation (`spec.revoked`, or deletion through the finalizer [`FINALIZER`]) puts the
-//! subject and audience on the deny list until every token issued before could have expired;
-//! the Ready condition with reason `Revoked` records that it was written, so it is written
-//! once. Only a grant whose audience is owned in its namespace may write one: otherwise any
-//! namespace could void another namespace's tokens.
+//! Revocation. Every token issued under a grant (client credentials, JWT bearer, token
+//! exchange, tenant tokens, and the output token here) names it in the private claim
+//! `grants` as `namespace/name/uid`; token servers hold a token inactive once a grant it
+//! names is out of their registry, which drops deleted grants and `spec.revoked` ones. So
+//! deletion needs no finalizer and no cleanup, and a grant deleted with its namespace, or
+//! while the controller is not running, revokes all the same. `spec.revoked` also puts the
+//! subject and audience on the deny list until every token issued before could have expired,
+//! so un-revoking the grant does not bring those tokens back (and tokens from earlier
+//! versions, which name no grant, are covered too); the Ready condition with reason `Revoked`
+//! records that it was written, so it is written once. Only a grant whose audience is owned
+//! in its namespace may write one: otherwise any namespace could void another namespace's
+//! tokens. An output token that does not name the grant's current uid (issued by an earlier
+//! version) is re-issued, so it too dies with the grant.
 
 pub mod controller;
 
@@ -41,8 +49,9 @@ use crate::revocation::GrantRevocation;
 use crate::service_account::{DesiredSecret, Event, ObservedSecret, from_time, to_time};
 use crate::token::AccessClaims;
 
-/// Finalizer on every TokenGrant: its deletion writes the revocation first.
-pub const FINALIZER: &str = "s2s.dev/revocation";
+/// The finalizer earlier versions put on every TokenGrant (their deletion wrote a deny-list
+/// entry first). Nothing adds it any more; the controller removes it where it finds it.
+pub const LEGACY_FINALIZER: &str = "s2s.dev/revocation";
 /// `s2s.dev/component` of output Secrets.
 pub const COMPONENT: &str = "token";
 /// The `typ` header of access tokens (RFC 9068).
@@ -349,11 +358,29 @@ pub fn token_outdated(
         Some("scopes")
     } else if have.tenant != want.tenant {
         Some("tenant")
+    } else if have.grants != want.grants {
+        // A token from before tokens named their grant (or from a grant of the same name
+        // that was deleted and created again) would survive the grant's deletion.
+        Some("grant id")
     } else if have.exp.saturating_sub(have.iat) != lifetime.as_secs() {
         Some("lifetime")
     } else {
         None
     }
+}
+
+/// The `grants` claim of the grant's output token: the grant itself, by uid, so deleting the
+/// grant voids the token at every token server without a finalizer.
+pub fn output_grant_refs(grant: &TokenGrant) -> Vec<String> {
+    let uid = grant.uid().unwrap_or_default();
+    if uid.is_empty() {
+        return vec![];
+    }
+    vec![crate::token::registry::grant_claim(
+        &grant.namespace().unwrap_or_default(),
+        &grant.name_any(),
+        &uid,
+    )]
 }
 
 /// Whether renewal is due at `now` for a token expiring at `exp` (Unix seconds).
@@ -533,6 +560,7 @@ fn plan(grant: &TokenGrant, world: &World<'_>, ctx: &Context, write_failed: Opti
                     scope: (!scope.is_empty()).then(|| scope.join(" ")),
                     tenant: grant.spec.tenant.clone(),
                     act: None,
+                    grants: output_grant_refs(grant),
                 })
             }
             _ => None,

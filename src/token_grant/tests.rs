@@ -509,3 +509,30 @@ fn a_subject_without_client_id_waits() {
     );
     assert!(plan.secret.is_none() && plan.events.is_empty());
 }
+
+#[test]
+fn the_output_token_names_its_grant_and_is_reissued_when_it_does_not() {
+    let k = key();
+    let mut g = grant(OUTPUT);
+    let mut w = world(&k);
+    let plan = reconcile(&g, &w, &at(t0()));
+    assert_eq!(
+        claims_of(&plan).grants,
+        ["shop/worker-orders/grant-uid"],
+        "deleting the grant voids its output token at every token server"
+    );
+    apply(&mut g, &mut w, &plan);
+    assert!(reconcile(&g, &w, &at(t0() + MIN)).secret.is_none());
+    // A token naming another uid (or none: issued by an earlier version) would outlive the
+    // grant's deletion: it is replaced.
+    g.metadata.uid = Some("other-uid".into());
+    let plan = reconcile(&g, &w, &at(t0() + MIN));
+    assert_eq!(claims_of(&plan).grants, ["shop/worker-orders/other-uid"]);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.reason == reasons::RENEWED && e.message.contains("grant id")),
+        "{:?}",
+        plan.events
+    );
+}

@@ -525,9 +525,10 @@ fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
 }
 
-/// A TokenGrant with `output`: the token lands in a Secret and verifies; `spec.revoked`
-/// empties the Secret and voids the token everywhere; deletion completes (the finalizer is
-/// removed). Runs against a real cluster (e2e).
+/// A TokenGrant with `output`: the token lands in a Secret, verifies and names the grant;
+/// `spec.revoked` empties the Secret and voids the token everywhere; deletion completes (no
+/// finalizer). A second grant's output token becomes inactive at the token server once the
+/// grant is deleted, with nothing written anywhere. Runs against a real cluster (e2e).
 pub async fn token_grant_output_and_revocation(
     admin: Client,
     ns: &str,
@@ -594,6 +595,19 @@ pub async fn token_grant_output_and_revocation(
     assert!(out.contains_key("expires_at"));
     let claims = verify_access_token(&token, &jwks(issuer).await, issuer, &audience);
     assert_eq!(claims["scope"], "secrets:read");
+    let granted = grants.get("reader").await.unwrap();
+    assert!(
+        granted.metadata.finalizers.is_none(),
+        "no finalizer: {:?}",
+        granted.metadata.finalizers
+    );
+    assert_eq!(
+        claims["grants"],
+        json!([format!(
+            "{ns}/reader/{}",
+            granted.metadata.uid.as_deref().unwrap()
+        )])
+    );
 
     let creds = strings(&secrets.get("reader").await.unwrap());
     let introspect = || {
@@ -619,6 +633,60 @@ pub async fn token_grant_output_and_revocation(
         (introspect().await == Some(true)).then_some(())
     })
     .await;
+
+    // A second grant's output token dies with the grant: deleted, not revoked.
+    grants
+        .create(&PostParams::default(), &obj(json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+            "metadata": {"name": "reader-extra", "namespace": ns},
+            "spec": {"subject": {"serviceAccount": {"name": "reader"}}, "audience": audience,
+                     "scopes": ["secrets:read"], "output": {"secretName": "reader-extra-token", "lifetime": "10m"}}
+        })))
+        .await
+        .unwrap();
+    let extra = eventually(waits.converge, "the second output token", || async {
+        let s = secrets.get_opt("reader-extra-token").await.ok()??;
+        strings(&s).get("access_token").cloned()
+    })
+    .await;
+    let introspect_token = |t: String| {
+        let (id, secret) = (creds["client_id"].clone(), creds["client_secret"].clone());
+        async move {
+            let r = http()
+                .post(format!("{issuer}/oauth2/introspect"))
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={t}"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["active"].as_bool()
+        }
+    };
+    eventually(waits.converge, "the second token to be active", || async {
+        (introspect_token(extra.clone()).await == Some(true)).then_some(())
+    })
+    .await;
+    grants
+        .delete("reader-extra", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(waits.gc, "the second grant to be gone", || async {
+        matches!(grants.get_opt("reader-extra").await, Ok(None)).then_some(())
+    })
+    .await;
+    eventually(
+        waits.converge,
+        "the deleted grant's token to be inactive",
+        || async { (introspect_token(extra.clone()).await == Some(false)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        introspect().await,
+        Some(true),
+        "the other grant's token stays active"
+    );
 
     grants
         .patch(
