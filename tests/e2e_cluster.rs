@@ -422,12 +422,13 @@ async fn e2e_examples_installed_with_kubectl() {
     let c = cluster.clone();
     with_operator(&cluster, move |mut op| async move {
         let cluster = c;
-        op.start_token_server().await;
-        let second = op.start_token_server().await;
         let logs = op.log_dir();
         let check = async {
-            // The controller first, the objects after.
+            // The controller first (it makes the signing keys the token servers wait for),
+            // the objects after.
             op.start_controller();
+            op.start_token_server().await;
+            let second = op.start_token_server().await;
             apply_examples(&cluster);
             wait_examples_settled(&cluster, "examples applied to a running controller").await;
             let out = cluster.kubectl(&["get", "s2s", "-A"]);
@@ -545,11 +546,11 @@ async fn e2e_accounts_secrets_tokens_rotation_garbage_collection_and_federation(
     let (c, ns) = (cluster.clone(), work_ns.clone());
     with_operator(&cluster, move |mut op| async move {
         let admin = c.admin.clone();
-        op.start_token_server().await;
-        op.start_controller();
         let issuer = op.issuer.clone();
         let logs = op.log_dir();
         let check = async {
+            op.start_controller();
+            op.start_token_server().await;
             scenario::credentials_lifecycle(admin.clone(), &ns, &issuer, &WAITS).await;
             scenario::token_grant_output_and_revocation(admin.clone(), &ns, &issuer, &WAITS).await;
             scenario::kubernetes_federation(admin.clone(), &ns, &issuer, &WAITS).await;

@@ -516,6 +516,53 @@ async fn a_foreign_secret_is_never_overwritten() {
     replica.shutdown().await;
 }
 
+/// Grants that exist before the controller starts are all reconciled, even when the account
+/// store is slow to fill. (Waiting for that store inside each reconcile hung: kube-runtime's
+/// `Store::wait_until_ready` wakes only the last of several concurrent waiters, so on a real
+/// apiserver most starts left every grant without a status.) The slow store is made by
+/// failing the first lists of ServiceAccounts.
+#[tokio::test]
+async fn grants_present_at_start_are_all_reconciled_while_the_account_store_fills_slowly() {
+    let api = ApiServer::new();
+    let admin = api.client();
+    for ns in [OP_NS, "shop"] {
+        create_namespace(&admin, ns).await;
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "shop");
+    create(
+        &accounts,
+        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+               "metadata": {"name": "orders", "namespace": "shop"},
+               "spec": {"api": {"audience": AUDIENCE}}}),
+    )
+    .await;
+    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), "shop");
+    let names: Vec<String> = (0..6).map(|i| format!("client-{i}")).collect();
+    for name in &names {
+        create(
+            &accounts,
+            json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+                   "metadata": {"name": name, "namespace": "shop"},
+                   "spec": {"audiences": [AUDIENCE],
+                            "authentication": {"clientSecret": {"secretName": format!("{name}-credentials")}}}}),
+        )
+        .await;
+        create(
+            &grants,
+            json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+                   "metadata": {"name": name, "namespace": "shop"},
+                   "spec": {"subject": {"serviceAccount": {"name": name}}, "audience": AUDIENCE}}),
+        )
+        .await;
+    }
+    api.fail_next("list", "serviceaccounts", 500, 2);
+    let replica = start_controller(&api, Arc::new(TestClock::default()));
+    for name in &names {
+        wait_grant(&grants, name, "Ready").await;
+    }
+    replica.shutdown().await;
+}
+
 /// `dev` runs the same reconcile: a status line per grant, the token as mounted-Secret
 /// files, the status under the state dir, and no re-issue on a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,9 +102,8 @@ async fn reconcile_inner(grant: Arc<TokenGrant>, ctx: &Ctx) -> Result<Action, Er
     let namespace = grant
         .namespace()
         .ok_or_else(|| Error::Invalid("TokenGrant without a namespace".into()))?;
-    // Decisions need every account and issuer: an unready store would say "not found".
-    let _ = ctx.accounts.wait_until_ready().await;
-    let _ = ctx.issuers.wait_until_ready().await;
+    // Decisions need every account and issuer (an unready store would say "not found"):
+    // `controller::lead` starts this controller only once both stores are ready.
     let api: Api<TokenGrant> = Api::namespaced(ctx.client.clone(), &namespace);
     if grant.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         remove_legacy_finalizer(&api, &grant).await?;
