@@ -79,7 +79,7 @@ async fn e2e_crds_as_stored_equal_crdgen() {
     let Some(cluster) = Cluster::from_env("e2e_crds_as_stored_equal_crdgen").await else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     cluster.apply_crds();
     for crd in s2s_operator::api::crds() {
         let name = crd.metadata.name.clone().unwrap();
@@ -410,7 +410,7 @@ async fn e2e_examples_installed_with_kubectl() {
     let Some(cluster) = Cluster::from_env("e2e_examples_installed_with_kubectl").await else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     cluster.apply_crds();
     // Leftovers of an aborted earlier run would make the examples' namespaces Terminating.
     cluster
@@ -539,7 +539,7 @@ async fn e2e_accounts_secrets_tokens_rotation_garbage_collection_and_federation(
     else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     cluster.apply_crds();
     let work_ns = format!("s2s-e2e-{}", suffix());
     cluster.create_namespace(&work_ns).await;
