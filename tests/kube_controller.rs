@@ -724,30 +724,3 @@ async fn transient_failures_back_off_and_nothing_is_regenerated() {
     let _ = server.send(true);
     replica.shutdown().await;
 }
-
-/// The e2e TokenGrant scenario, here against the in-process API, so it is known to pass
-/// before it meets a real cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_grant_output_and_revocation_scenario() {
-    let api = ApiServer::new();
-    let admin = api.client();
-    create_namespace(&admin, OP_NS).await;
-    create_namespace(&admin, "vault").await;
-    let port = free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let replica = start_controller(
-        api.client_as("s2s-controller"),
-        "r",
-        &issuer,
-        key_policy(Duration::from_secs(3600)),
-    );
-    let server = start_token_server(api.client_as("s2s-token-server"), port, &issuer).await;
-    wait_ready(&issuer).await;
-    let waits = Waits {
-        converge: Duration::from_secs(20),
-        gc: Duration::from_secs(10),
-    };
-    scenario::token_grant_output_and_revocation(admin, "vault", &issuer, &waits).await;
-    let _ = server.send(true);
-    replica.shutdown().await;
-}

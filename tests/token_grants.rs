@@ -476,46 +476,6 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_secret_is_never_overwritten() {
-    let api = ApiServer::new();
-    let admin = api.client();
-    for ns in [OP_NS, "shop"] {
-        create_namespace(&admin, ns).await;
-    }
-    let clock = Arc::new(TestClock::default());
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "shop");
-    create(
-        &secrets,
-        json!({"metadata": {"name": "taken", "namespace": "shop"}, "data": {"access_token": "bWluZQ=="}}),
-    )
-    .await;
-    let replica = start_controller(&api, clock);
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "shop");
-    create(
-        &accounts,
-        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
-               "metadata": {"name": "orders", "namespace": "shop"},
-               "spec": {"scopes": ["orders:read"], "api": {"audience": AUDIENCE},
-                        "authentication": {"clientSecret": {"secretName": "orders-credentials"}}}}),
-    )
-    .await;
-    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), "shop");
-    create(
-        &grants,
-        json!({"apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
-               "metadata": {"name": "self", "namespace": "shop"},
-               "spec": {"subject": {"serviceAccount": {"name": "orders"}}, "audience": AUDIENCE,
-                        "output": {"secretName": "taken", "lifetime": "5m"}}}),
-    )
-    .await;
-    wait_grant(&grants, "self", "SecretConflict").await;
-    let data = secret_data(&admin, "shop", "taken").await;
-    assert_eq!(data.get("access_token").map(String::as_str), Some("mine"));
-    assert_eq!(data.len(), 1);
-    replica.shutdown().await;
-}
-
 /// Grants that exist before the controller starts are all reconciled, even when the account
 /// store is slow to fill. (Waiting for that store inside each reconcile hung: kube-runtime's
 /// `Store::wait_until_ready` wakes only the last of several concurrent waiters, so on a real

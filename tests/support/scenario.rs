@@ -707,6 +707,42 @@ pub async fn token_grant_output_and_revocation(
         "a revoked token does not stay in a Secret"
     );
 
+    // A grant whose output names a Secret it does not control never writes it.
+    secrets
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "taken", "namespace": ns},
+                        "data": {"access_token": "bWluZQ=="}})),
+        )
+        .await
+        .unwrap();
+    grants
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+                "metadata": {"name": "squatter", "namespace": ns},
+                "spec": {"subject": {"serviceAccount": {"name": "reader"}}, "audience": audience,
+                         "output": {"secretName": "taken", "lifetime": "5m"}}
+            })),
+        )
+        .await
+        .unwrap();
+    eventually(waits.converge, "the squatter's SecretConflict", || async {
+        let g = grants.get("squatter").await.ok()?;
+        let st = g.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "SecretConflict")
+            .then_some(())
+    })
+    .await;
+    let taken = strings(&secrets.get("taken").await.unwrap());
+    assert_eq!(
+        taken,
+        BTreeMap::from([("access_token".to_owned(), "mine".to_owned())])
+    );
+
     grants
         .delete("reader", &DeleteParams::default())
         .await
