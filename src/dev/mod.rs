@@ -286,12 +286,12 @@ impl Dev {
     /// and swaps the token core's registry. Returns one line per account and grant for people.
     fn apply(&self, world: &Manifests) -> Applied {
         for e in &world.errors {
-            eprintln!("warning: {e}");
+            tracing::warn!(error = %e, "manifest not loaded");
         }
         let now = SystemTime::now();
         let keys = state::load_signing_keys(&self.state, &key_policy(&self.options), now_unix());
         if let Err(e) = &keys {
-            eprintln!("warning: signing keys: {e}");
+            tracing::warn!(error = %e, "signing keys");
         }
         let claims = store::audience_claims(&world.accounts);
         let ctx = Context {
@@ -327,7 +327,7 @@ impl Dev {
             let plan = service_account::reconcile(&sa, &observed, &ctx, &mut RandomGenerator);
             for s in &plan.secrets {
                 if let Err(e) = self.state.write_secret(&namespace, &s.name, &key, &s.data) {
-                    eprintln!("warning: {key}: cannot write Secret {}: {e}", s.name);
+                    tracing::warn!(object = %key, secret = %s.name, error = %e, "cannot write Secret");
                 }
             }
             for ev in &plan.events {
@@ -339,7 +339,7 @@ impl Dev {
                     .state
                     .write_status(&namespace, &sa.name_any(), &plan.status)
             {
-                eprintln!("warning: {key}: cannot save status: {e}");
+                tracing::warn!(object = %key, error = %e, "cannot save status");
             }
             sa.status = Some(plan.status);
             lines.push(self.describe(&sa));
@@ -427,7 +427,7 @@ impl Dev {
                     self.state
                         .write_grant_status(&namespace, &g.name_any(), &plan.status)
                 {
-                    eprintln!("warning: TokenGrant {key}: cannot save status: {e}");
+                    tracing::warn!(grant = %key, error = %e, "cannot save TokenGrant status");
                 }
             }
             // A failed issue is retried on the next tick.
@@ -460,7 +460,7 @@ impl Dev {
         if let Err(e) = saved {
             // The uids hold until the process ends; after a restart the grants would get new
             // ones and every token issued before would be void.
-            eprintln!("warning: cannot save TokenGrant uids: {e}");
+            tracing::warn!(error = %e, "cannot save TokenGrant uids");
         }
         world
             .grants
