@@ -27,7 +27,8 @@
 //! * [`signing_keys`]: the lifecycle of the operator's token-signing keys.
 //! * [`trusted_issuer`]: TrustedIssuer keys (discovery, fetching, caching, refresh) and the
 //!   validation of external JWTs against them.
-//! * [`revocation`]: the deny list kept in a ConfigMap, watched by every token server.
+//! * [`revocation`]: the deny list ([`token::deny`]) kept in a ConfigMap, watched by every
+//!   token server.
 //! * [`store`]: resources to the token core's read model.
 //! * [`token`]: the issuing core (authenticate, authorize, mint, introspect, revoke); no
 //!   `kube`.

@@ -15,8 +15,26 @@ use s2s_operator::{
 #[derive(Parser, Debug)]
 #[command(name = "s2s-operator", version, about)]
 struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object a line, for log shippers).
+    /// Logs go to stderr, coloured only when it is a terminal (and `NO_COLOR` is unset).
+    #[arg(
+        long,
+        global = true,
+        env = "S2S_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines: `timestamp`, `level`, `target`, `fields` (with `message`), and the spans.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,34 +291,45 @@ fn parse_lifetime(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    // Every mode, crdgen included, so the flag means the same everywhere.
+    init_tracing(cli.log_format);
+    let format = cli.log_format;
+    let result = match cli.command {
         Command::Crdgen { output_dir } => crdgen(output_dir),
         Command::Dev(args) => run_dev(args),
         Command::Agent(args) => run_agent(args),
         Command::Controller(args) => run_cluster(|client, stop| controller(client, args, stop)),
         Command::TokenServer(args) => run_cluster(|client, stop| token_server(client, args, stop)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if format == LogFormat::Json {
+                // A log shipper reads stderr as JSON lines: the reason a process died is one.
+                tracing::error!(error = %e, "exiting");
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// Runs a cluster mode: tracing, a runtime, a client, and a stop signal on SIGTERM or
-/// Ctrl-C.
-fn run_cluster<F, Fut>(mode: F) -> ExitCode
+/// A multi-threaded runtime, or why there is none.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Runs a cluster mode: a runtime, a client, and a stop signal on SIGTERM or Ctrl-C.
+fn run_cluster<F, Fut>(mode: F) -> Result<(), String>
 where
     F: FnOnce(kube::Client, controller::Stop) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    runtime()?.block_on(async {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("cannot reach the cluster: {e}"))?;
@@ -311,14 +340,7 @@ where
             let _ = stop_tx.send(true);
         });
         mode(client, stop).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// SIGTERM (Kubernetes stopping the Pod) or Ctrl-C.
@@ -422,17 +444,25 @@ async fn token_server(
     .map_err(|e| e.to_string())
 }
 
-fn init_tracing() {
+/// Logs to stderr in `format`. Colour codes only for a terminal: a redirected log (a file, a
+/// container runtime, a pipe) would otherwise be full of escape sequences.
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("S2S_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && !no_color)
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
-fn run_dev(args: DevArgs) -> ExitCode {
-    init_tracing();
+fn run_dev(args: DevArgs) -> Result<(), String> {
     let options = dev::Options {
         manifests: args.manifests,
         listen: args.listen,
@@ -445,30 +475,15 @@ fn run_dev(args: DevArgs) -> ExitCode {
         poll_interval: Duration::from_secs(1),
         limits: args.limits.limits(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match runtime.block_on(dev::run(options, shutdown)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime()?
+        .block_on(dev::run(options, shutdown))
+        .map_err(|e| e.to_string())
 }
 
-fn run_agent(args: AgentArgs) -> ExitCode {
-    init_tracing();
+fn run_agent(args: AgentArgs) -> Result<(), String> {
     let mut options = agent::Options::new(PathBuf::new());
     options.credentials = args.credentials;
     options.listen = args.listen;
@@ -479,42 +494,25 @@ fn run_agent(args: AgentArgs) -> ExitCode {
     options.token_url = args.token_url;
     options.ca_file = args.ca_file;
     options.refresh_at = args.refresh_at;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(agent::run(options, terminated())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime()?
+        .block_on(agent::run(options, terminated()))
+        .map_err(|e| e.to_string())
 }
 
-fn crdgen(output_dir: Option<PathBuf>) -> ExitCode {
+fn crdgen(output_dir: Option<PathBuf>) -> Result<(), String> {
     let crds = api::crds();
     match output_dir {
         None => {
             let docs: Vec<String> = crds.iter().map(api::crd_yaml).collect();
             print!("{}", docs.join("---\n"));
-            ExitCode::SUCCESS
         }
         Some(dir) => {
             for crd in &crds {
                 let path = dir.join(api::crd_file_name(crd));
-                if let Err(e) = std::fs::write(&path, api::crd_yaml(crd)) {
-                    eprintln!("error: cannot write {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
+                std::fs::write(&path, api::crd_yaml(crd))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             }
-            ExitCode::SUCCESS
         }
     }
+    Ok(())
 }

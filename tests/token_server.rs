@@ -13,7 +13,7 @@ use jwt_simple::prelude::*;
 use oauth2::basic::BasicClient;
 use oauth2::{AuthType, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
 use serde_json::{Value, json};
-use support::{DevServer, http, jwks, manifests_dir, snapshot, verify_access_token};
+use support::{DevServer, free_port, http, jwks, manifests_dir, snapshot, verify_access_token};
 
 const ORDERS: &str = "https://orders.test";
 
@@ -979,6 +979,54 @@ async fn state_survives_a_restart_and_manifest_edits_apply_live() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_revoked_token_stays_revoked_after_a_restart() {
+    let manifests = manifests_dir(&[("world.yaml", WORLD), ("grants.yaml", GRANTS)]);
+    let state = tempfile::tempdir().unwrap();
+    // The same address both times: the issuer URL stays, so the old token is still one of the
+    // server's own and only the deny list can make it inactive.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let first = DevServer::start_at(manifests.path(), state.path(), &listen, &[]);
+    let creds = first.secret("team", "worker-creds");
+    let auth = Some((creds["client_id"].as_str(), creds["client_secret"].as_str()));
+    let mint = || async {
+        let got = post(
+            &first.token_url(),
+            auth,
+            &[("grant_type", "client_credentials"), ("audience", ORDERS)],
+        )
+        .await;
+        got.2["access_token"].as_str().unwrap().to_owned()
+    };
+    let (revoked, kept) = (mint().await, mint().await);
+    let introspect = format!("{}/oauth2/introspect", first.issuer);
+    let r = post(
+        &format!("{}/oauth2/revoke", first.issuer),
+        auth,
+        &[("token", &revoked)],
+    )
+    .await;
+    assert_eq!(r.0, 200);
+    assert_eq!(
+        post(&introspect, auth, &[("token", &revoked)]).await.2["active"],
+        false
+    );
+    drop(first);
+
+    let second = DevServer::start_at(manifests.path(), state.path(), &listen, &[]);
+    assert_eq!(second.issuer, format!("http://{listen}"));
+    assert_eq!(
+        post(&introspect, auth, &[("token", &kept)]).await.2["active"],
+        true,
+        "an unrevoked token from before the restart is active"
+    );
+    assert_eq!(
+        post(&introspect, auth, &[("token", &revoked)]).await.2,
+        json!({"active": false}),
+        "the revocation survived the restart"
+    );
 }
 
 /// The issuer that signed a token (the first process's port differs from the second's).

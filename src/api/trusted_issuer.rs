@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rules;
 use super::{AUDIENCE_PATTERN, Condition, Duration, Jwk, MAX_AUDIENCES};
+// Defined with the other algorithm names in `crypto`, which the token core may use and
+// this module (a kube CustomResource) it may not.
+pub use crate::crypto::JwsAlgorithm;
 
 /// An identity provider whose JWTs are accepted.
 // Each `printcolumn(...)` repeats `type_ = …`, which clippy mistakes for a duplicate.
@@ -123,29 +126,6 @@ fn default_refresh_interval() -> Duration {
 
 fn default_max_key_age() -> Duration {
     std::time::Duration::from_secs(24 * 3600).into()
-}
-
-/// Asymmetric JWS algorithms (RFC 7518, RFC 8037) an issuer may sign with.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JwsAlgorithm {
-    /// RSA PKCS#1 v1.5, SHA-256.
-    RS256,
-    /// RSA PKCS#1 v1.5, SHA-384.
-    RS384,
-    /// RSA PKCS#1 v1.5, SHA-512.
-    RS512,
-    /// RSA-PSS, SHA-256.
-    PS256,
-    /// RSA-PSS, SHA-384.
-    PS384,
-    /// RSA-PSS, SHA-512.
-    PS512,
-    /// ECDSA P-256, SHA-256.
-    ES256,
-    /// ECDSA P-384, SHA-384.
-    ES384,
-    /// Ed25519.
-    EdDSA,
 }
 
 /// A JWK Set (RFC 7517 §5) of public keys.

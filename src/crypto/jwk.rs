@@ -57,6 +57,29 @@ pub struct Jwk {
     pub e: Option<String>,
 }
 
+/// Asymmetric JWS algorithms (RFC 7518, RFC 8037) an issuer may sign with.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    /// RSA PKCS#1 v1.5, SHA-256.
+    RS256,
+    /// RSA PKCS#1 v1.5, SHA-384.
+    RS384,
+    /// RSA PKCS#1 v1.5, SHA-512.
+    RS512,
+    /// RSA-PSS, SHA-256.
+    PS256,
+    /// RSA-PSS, SHA-384.
+    PS384,
+    /// RSA-PSS, SHA-512.
+    PS512,
+    /// ECDSA P-256, SHA-256.
+    ES256,
+    /// ECDSA P-384, SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
 /// Algorithms the operator generates keys for: workload private keys and its own signing keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum KeyAlgorithm {

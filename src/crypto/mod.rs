@@ -23,6 +23,6 @@ mod keys;
 mod secrets;
 
 pub use error::CryptoError;
-pub use jwk::{Jwk, KeyAlgorithm, decoding_key, thumbprint};
+pub use jwk::{Jwk, JwsAlgorithm, KeyAlgorithm, decoding_key, thumbprint};
 pub use keys::{GeneratedKey, SigningKey, generate_key, sign_jwt};
 pub use secrets::{new_client_id, random_secret, random_token_id, secret_digest, verify_secret};

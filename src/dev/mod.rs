@@ -2,7 +2,8 @@
 //! no cluster. Manifests are read from files; every Secret the controller would create is
 //! written as a mounted-Secret tree, `STATE_DIR/<namespace>/<secret-name>/<key>`; statuses,
 //! ownership and the signing keys persist under the state dir, so nothing is regenerated on
-//! a restart. Each TokenGrant gets a uid kept in the state dir as the API server would give
+//! a restart, and so do RFC 7009 revocations (saved before the revoke endpoint answers,
+//! dropped once the token has expired). Each TokenGrant gets a uid kept in the state dir as the API server would give
 //! one; a grant removed from the manifests loses it, so the tokens that name it are void
 //! even if it comes back. Manifests are polled and re-applied when they change, and at least every 30
 //! seconds (sooner when a TokenGrant's output token is due for renewal).
@@ -22,13 +23,14 @@ use state::StateDir;
 
 use crate::api::conditions::{ConditionStatus, types};
 use crate::crypto::KeyAlgorithm;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, RevocationSink};
 use crate::k8s::conditions::find;
 use crate::service_account::{
     self, Context, Observed, ObservedSecret, RandomGenerator, secret_names,
 };
 use crate::signing_keys::Policy;
 use crate::store;
+use crate::token::deny::DenyList;
 use crate::token::{Config, Core, KeySet, SystemClock};
 use crate::token_grant;
 use crate::trusted_issuer::cache::{IssuerCache, IssuerStatus};
@@ -141,6 +143,14 @@ pub async fn run(
     // No cluster: the kubernetes preset reports FetchFailed.
     let trusted = IssuerCache::new(Fetcher::new(None), Arc::new(SystemClock));
     core.set_unknown_kid_hook(trusted.unknown_kid_hook());
+    // Tokens revoked before a restart stay revoked: they are still valid JWTs otherwise.
+    let revoked = state
+        .revocations(now_unix())
+        .map_err(|source| DevError::State {
+            path: options.state_dir.clone(),
+            source,
+        })?;
+    core.set_deny_list(DenyList::from_data(&revoked));
     let dev = Arc::new(Dev {
         options,
         issuer,
@@ -171,6 +181,10 @@ pub async fn run(
     });
     let key_refresh = tokio::spawn(trusted.clone().run(std::future::pending()));
     let app = AppState::with_limits(core, dev.options.limits.clone());
+    let sink: Arc<dyn RevocationSink> = Arc::new(StateRevocations {
+        state: Arc::new(std::sync::Mutex::new(dev.state.clone())),
+    });
+    let _ = app.revocation_sink.set(sink);
     app.set_ready(true);
 
     let poller = tokio::spawn(watch(dev.clone(), world.fingerprint.clone()));
@@ -184,6 +198,33 @@ pub async fn run(
     forwarder.abort();
     key_refresh.abort();
     served.map_err(DevError::Serve)
+}
+
+/// Revocations go to the state dir before the revoke endpoint answers (RFC 7009 §2.2), as
+/// they go to the ConfigMap in a cluster. The mutex serializes the file's read-change-write
+/// between concurrent revocations.
+struct StateRevocations {
+    state: Arc<std::sync::Mutex<StateDir>>,
+}
+
+impl RevocationSink for StateRevocations {
+    fn revoke(
+        &self,
+        jti: String,
+        exp: u64,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let state = self.state.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let state = state.lock().map_err(|_| "revocations lock poisoned")?;
+                state
+                    .revoke_jti(&jti, exp, now_unix())
+                    .map_err(|e| format!("cannot save the revocation: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
 }
 
 fn key_policy(o: &Options) -> Policy {
@@ -245,12 +286,12 @@ impl Dev {
     /// and swaps the token core's registry. Returns one line per account and grant for people.
     fn apply(&self, world: &Manifests) -> Applied {
         for e in &world.errors {
-            eprintln!("warning: {e}");
+            tracing::warn!(error = %e, "manifest not loaded");
         }
         let now = SystemTime::now();
         let keys = state::load_signing_keys(&self.state, &key_policy(&self.options), now_unix());
         if let Err(e) = &keys {
-            eprintln!("warning: signing keys: {e}");
+            tracing::warn!(error = %e, "signing keys");
         }
         let claims = store::audience_claims(&world.accounts);
         let ctx = Context {
@@ -286,7 +327,7 @@ impl Dev {
             let plan = service_account::reconcile(&sa, &observed, &ctx, &mut RandomGenerator);
             for s in &plan.secrets {
                 if let Err(e) = self.state.write_secret(&namespace, &s.name, &key, &s.data) {
-                    eprintln!("warning: {key}: cannot write Secret {}: {e}", s.name);
+                    tracing::warn!(object = %key, secret = %s.name, error = %e, "cannot write Secret");
                 }
             }
             for ev in &plan.events {
@@ -298,7 +339,7 @@ impl Dev {
                     .state
                     .write_status(&namespace, &sa.name_any(), &plan.status)
             {
-                eprintln!("warning: {key}: cannot save status: {e}");
+                tracing::warn!(object = %key, error = %e, "cannot save status");
             }
             sa.status = Some(plan.status);
             lines.push(self.describe(&sa));
@@ -386,7 +427,7 @@ impl Dev {
                     self.state
                         .write_grant_status(&namespace, &g.name_any(), &plan.status)
                 {
-                    eprintln!("warning: TokenGrant {key}: cannot save status: {e}");
+                    tracing::warn!(grant = %key, error = %e, "cannot save TokenGrant status");
                 }
             }
             // A failed issue is retried on the next tick.
@@ -419,7 +460,7 @@ impl Dev {
         if let Err(e) = saved {
             // The uids hold until the process ends; after a restart the grants would get new
             // ones and every token issued before would be void.
-            eprintln!("warning: cannot save TokenGrant uids: {e}");
+            tracing::warn!(error = %e, "cannot save TokenGrant uids");
         }
         world
             .grants

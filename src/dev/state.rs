@@ -1,7 +1,8 @@
 //! The `dev` state dir. Secrets are laid out like a mounted Secret volume,
 //! `<dir>/<namespace>/<secret>/<key>`, so a workload example can point at it. Bookkeeping
 //! that a cluster keeps in the API (statuses, which object owns which Secret, TokenGrant
-//! uids, the operator's signing keys) lives under `<dir>/.s2s/`, a name no namespace can have.
+//! uids, the operator's signing keys, the RFC 7009 deny list) lives under `<dir>/.s2s/`, a name
+//! no namespace can have.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::api::{ServiceAccountStatus, TokenGrantStatus};
 use crate::signing_keys::{self, Policy};
 use crate::token::KeySet;
+use crate::token::deny::{expired_keys, jti_key};
 
 /// The operator's own namespace in `dev`, where the signing keys Secret lives.
 pub const OPERATOR_NAMESPACE: &str = "s2s-system";
@@ -197,6 +199,56 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// The deny list, in the same key → value form as the cluster's ConfigMap
+    /// (`crate::revocation`), so the token core reads both the same way.
+    fn revocations_path(&self) -> PathBuf {
+        self.root.join(".s2s/revocations.json")
+    }
+
+    fn read_revocations(&self) -> BTreeMap<String, String> {
+        std::fs::read(self.revocations_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn write_revocations(&self, data: &BTreeMap<String, String>) -> io::Result<()> {
+        write_private(
+            &self.revocations_path(),
+            &serde_json::to_vec_pretty(data).expect("revocations serialize"),
+        )
+    }
+
+    /// The saved revocations that can still match a live token. Expired ones are dropped
+    /// from the file (saved only when some were), so it stays as small as the live tokens.
+    pub fn revocations(&self, now: u64) -> io::Result<BTreeMap<String, String>> {
+        let mut data = self.read_revocations();
+        let expired = expired_keys(&data, now);
+        if !expired.is_empty() {
+            for k in &expired {
+                data.remove(k);
+            }
+            self.write_revocations(&data)?;
+        }
+        Ok(data)
+    }
+
+    /// Saves a revoked token until its `exp`, pruning expired entries on the way. Callers
+    /// serialize calls (read, change, write); the write itself is atomic.
+    pub fn revoke_jti(&self, jti: &str, exp: u64, now: u64) -> io::Result<()> {
+        let key = jti_key(jti).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a token id we never issue")
+        })?;
+        let mut data = self.read_revocations();
+        for k in expired_keys(&data, now) {
+            data.remove(&k);
+        }
+        data.insert(key, exp.to_string());
+        self.write_revocations(&data)
+    }
+}
+
 /// Loads the signing keys, running their lifecycle plan and saving it if it changed.
 pub fn load_signing_keys(state: &StateDir, policy: &Policy, now: u64) -> Result<KeySet, String> {
     let name = signing_keys::SECRET_NAME;
@@ -244,4 +296,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     }
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::deny::DenyList;
+
+    #[test]
+    fn revocations_persist_and_expired_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.revoke_jti("old", 100, 50).unwrap();
+        state.revoke_jti("new", 300, 50).unwrap();
+        // Another StateDir on the same folder (a restart) sees both.
+        let again = StateDir::open(dir.path()).unwrap();
+        let list = DenyList::from_data(&again.revocations(60).unwrap());
+        assert!(list.denies("old", "s", "a", 0, 60));
+        assert!(list.denies("new", "s", "a", 0, 60));
+        // Once `old` has expired it is dropped from the file, not only ignored.
+        assert_eq!(again.revocations(200).unwrap().len(), 1);
+        assert_eq!(again.read_revocations().len(), 1);
+        // Writing prunes too.
+        state.revoke_jti("third", 500, 400).unwrap();
+        let keys: Vec<_> = state.read_revocations().into_keys().collect();
+        assert_eq!(keys, vec!["j.third".to_owned()]);
+        assert!(state.revoke_jti("not/ours", 500, 400).is_err());
+    }
 }

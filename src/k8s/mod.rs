@@ -95,6 +95,19 @@ pub fn managed_secret(
     }
 }
 
+/// An Event a pure reconcile stage asks for; the controller publishes it
+/// ([`publish_events`]), `dev` logs it. It lives here, not with a kind, because every kind's
+/// plan carries them and this module publishes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened; never a secret.
+    pub message: String,
+}
+
 /// Publishes a reconcile's Events for the object `reference` points at. A Warning whose
 /// reason is in `already_reported` (the reasons the stored status already carries) is not
 /// repeated, so a lasting problem is reported once, not on every pass. A failed Event write is
@@ -102,15 +115,15 @@ pub fn managed_secret(
 pub async fn publish_events(
     recorder: &kube::runtime::events::Recorder,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
-    events: &[crate::service_account::Event],
+    events: &[Event],
     already_reported: &[String],
 ) {
-    use kube::runtime::events::{Event, EventType};
+    use kube::runtime::events::EventType;
     for ev in events {
         if ev.warning && already_reported.iter().any(|r| r == ev.reason) {
             continue;
         }
-        let event = Event {
+        let event = kube::runtime::events::Event {
             type_: if ev.warning {
                 EventType::Warning
             } else {
@@ -144,7 +157,7 @@ where
     let mut failures = failures.lock().expect("not poisoned");
     let n = failures.entry(key).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = crate::service_account::controller::backoff(*n);
+    let delay = backoff(*n);
     let object = display(obj);
     tracing::warn!(
         %object,
@@ -154,6 +167,13 @@ where
         "reconcile failed"
     );
     kube::runtime::controller::Action::requeue(delay)
+}
+
+/// The delay after `n` consecutive failures: 1 s, 2 s, 4 s … up to 5 minutes. Shared by
+/// every controller's `error_policy` and the signing-key manager.
+pub fn backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << n.saturating_sub(1).min(9))
+        .min(std::time::Duration::from_secs(300))
 }
 
 /// Errors of the I/O stages, with a stable category for metrics and Event reasons.
@@ -277,6 +297,17 @@ mod tests {
         let mut no_uid = account("x");
         no_uid.metadata.uid = None;
         assert!(controller_reference(&no_uid).is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        use std::time::Duration;
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(1000), Duration::from_secs(300));
     }
 
     #[test]

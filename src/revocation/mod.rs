@@ -26,13 +26,10 @@ use kube::{Api, Client};
 use serde_json::{Map, Value, json};
 
 use crate::k8s::{self, Error, is_status};
+use crate::token::deny::{DenyList, GrantRevocation, expired_keys, grant_key, jti_key};
 
 /// Name of the ConfigMap holding the deny list.
 pub const CONFIGMAP_NAME: &str = "s2s-revocations";
-
-mod list;
-
-pub use list::{DenyList, GrantRevocation, expired_keys, grant_key, jti_key};
 
 async fn merge(client: &Client, namespace: &str, data: Map<String, Value>) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);

@@ -266,24 +266,3 @@ async fn publish_events(sa: &ServiceAccount, ctx: &Ctx, plan: &Plan) {
 pub fn error_policy(sa: Arc<ServiceAccount>, err: &Error, ctx: Arc<Ctx>) -> Action {
     k8s::backoff_policy(&ctx.failures, sa.as_ref(), err)
 }
-
-/// The delay after `n` consecutive failures.
-pub fn backoff(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(9), Duration::from_secs(256));
-        assert_eq!(backoff(10), Duration::from_secs(300));
-        assert_eq!(backoff(1000), Duration::from_secs(300));
-    }
-}

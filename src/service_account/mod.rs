@@ -20,6 +20,7 @@ use crate::api::conditions::{ConditionStatus, reasons, types};
 use crate::api::service_account::{CredentialSummary, CredentialType, CredentialVerifier};
 use crate::api::{KeyAlgorithm, ServiceAccount, ServiceAccountStatus};
 use crate::crypto::{self, CryptoError, GeneratedKey};
+use crate::k8s::Event;
 use crate::k8s::conditions::{Desired, set_condition};
 
 pub use checks::{grace_period, rotation_due};
@@ -105,17 +106,6 @@ impl std::fmt::Debug for DesiredSecret {
             .field("keys", &self.data.keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-/// An Event to record for the account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// Warning rather than Normal.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// What happened; never a secret.
-    pub message: String,
 }
 
 /// What to do.

@@ -116,7 +116,7 @@ impl KeyManager {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = crate::service_account::controller::backoff(failures);
+                    let delay = crate::k8s::backoff(failures);
                     tracing::warn!(category = e.category(), error = %e, retry_in = ?delay, "signing keys");
                     delay
                 }

@@ -13,12 +13,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::deny::DenyList;
 use super::error::{ErrorCode, OAuthError};
 use super::registry::{self, Client, Registry};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 use crate::crypto::{self, Jwk, SigningKey};
-use crate::revocation::DenyList;
 use crate::trusted_issuer::verify::Issuers;
 
 /// `grant_type` of the client credentials grant.
@@ -684,7 +684,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::crypto::KeyAlgorithm;
-    use crate::revocation::GrantRevocation;
+    use crate::token::deny::GrantRevocation;
     use crate::token::registry::{Api, Grant, SecretVerifier};
 
     const AUDIENCE: &str = "https://orders.test";
@@ -827,7 +827,7 @@ mod tests {
             until: claims.exp + 60,
         };
         deny.insert(
-            crate::revocation::grant_key(&entry.sub, &entry.audience),
+            crate::token::deny::grant_key(&entry.sub, &entry.audience),
             serde_json::to_string(&entry).unwrap(),
         );
         core.set_deny_list(DenyList::from_data(&deny));

@@ -4,6 +4,7 @@
 //! JWTs. The same core serves `dev`, `token-server` and the tests. Nothing here imports `kube`.
 
 pub mod core;
+pub mod deny;
 pub mod error;
 pub mod exchange;
 pub mod registry;

@@ -44,10 +44,11 @@ use kube::ResourceExt;
 use crate::api::conditions::{ConditionStatus, reasons, types};
 use crate::api::{ServiceAccount, TokenGrant, TokenGrantStatus};
 use crate::crypto::{self, SigningKey};
+use crate::k8s::Event;
 use crate::k8s::conditions::{Desired, find, set_condition};
-use crate::revocation::GrantRevocation;
-use crate::service_account::{DesiredSecret, Event, ObservedSecret, from_time, to_time};
+use crate::service_account::{DesiredSecret, ObservedSecret, from_time, to_time};
 use crate::token::AccessClaims;
+use crate::token::deny::GrantRevocation;
 
 /// The finalizer earlier versions put on every TokenGrant (their deletion wrote a deny-list
 /// entry first). Nothing adds it any more; the controller removes it where it finds it.

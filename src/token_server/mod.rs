@@ -322,7 +322,7 @@ impl Model {
             .into_iter()
             .next()
             .and_then(|cm| cm.data.clone())
-            .map(|d| revocation::DenyList::from_data(&d))
+            .map(|d| crate::token::deny::DenyList::from_data(&d))
             .unwrap_or_default();
         self.state.core.set_deny_list(deny);
         self.state.core.set_registry(registry);

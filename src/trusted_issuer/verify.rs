@@ -18,8 +18,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::api::trusted_issuer::JwsAlgorithm;
-use crate::crypto::{self, Jwk};
+use crate::crypto::{self, Jwk, JwsAlgorithm};
 
 /// Longest external JWT accepted, in bytes.
 pub const MAX_JWT_LEN: usize = 8 * 1024;

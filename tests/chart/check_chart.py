@@ -88,6 +88,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "affinity": {"podAntiAffinity": {}},
     },
     "pdb-off": {"podDisruptionBudget": {"enabled": False}},
+    "text-logs": {"logFormat": "text"},
 }
 
 failures: list[str] = []
@@ -197,6 +198,13 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
         return
     for d in deploys.values():
         check_hardening(name, d)
+        # Log shippers get JSON lines from every container unless told otherwise.
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            check(
+                env.get("S2S_LOG_FORMAT") == values["logFormat"],
+                f"{name}: {c['name']}: S2S_LOG_FORMAT is logFormat ({values['logFormat']})",
+            )
 
     # Identities: the token server runs as <release>-token-server unless it is a sidecar.
     check(

@@ -39,13 +39,23 @@ impl DevServer {
 
     /// Like [`start`](Self::start), with `S2S_LOG` (the log filter) set to `log`.
     pub fn start_with_log(manifests: &Path, state_dir: &Path, extra: &[&str], log: &str) -> Self {
+        Self::spawn(manifests, state_dir, "127.0.0.1:0", extra, log)
+    }
+
+    /// Like [`start`](Self::start), on a given address: a restart on the same one keeps the
+    /// issuer URL, so tokens from before the restart are still the server's own.
+    pub fn start_at(manifests: &Path, state_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::spawn(manifests, state_dir, listen, extra, "debug")
+    }
+
+    fn spawn(manifests: &Path, state_dir: &Path, listen: &str, extra: &[&str], log: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_s2s-operator"))
             .arg("dev")
             .arg("--manifests")
             .arg(manifests)
             .arg("--state-dir")
             .arg(state_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("S2S_LOG", log)
             .stdout(Stdio::piped())

@@ -91,6 +91,8 @@ seccompProfile:
       fieldPath: metadata.namespace
 - name: S2S_LOG
   value: {{ .Values.logLevel | quote }}
+- name: S2S_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
 {{- end }}
 
 {{- define "s2s.controllerContainer" -}}

@@ -1,5 +1,6 @@
-//! The deny list as data, with no Kubernetes in it (the token core reads it): entries,
-//! their ConfigMap keys, matching and expiry.
+//! The deny list as data, with no Kubernetes in it: entries, their keys, matching and
+//! expiry. It lives in the token core, which reads it on every introspection; where it is
+//! stored is someone else's concern (a ConfigMap in `crate::revocation`, files in `dev`).
 
 use std::collections::{BTreeMap, HashMap};
 
