@@ -23,7 +23,15 @@ use crate::crypto::{self, CryptoError, GeneratedKey};
 use crate::k8s::Event;
 use crate::k8s::conditions::{Desired, set_condition};
 
-pub use checks::{grace_period, rotation_due};
+pub use checks::{
+    ClientIdDecision, Method, Problem, Recorded, RotationReason, RotationRequest,
+    audience_conflict, client_id_decision, disabled, grace_over, grace_period, methods, recorded,
+    rotation_due, rotation_reason, rotation_request, secret_conflict,
+};
+use checks::{
+    CredentialAction, Found, Previous, credential_action, credential_held, credential_unrecorded,
+    previous_credential, rotation_resumable,
+};
 
 /// Annotation whose every new value rotates the account's credentials.
 pub const ROTATE_ANNOTATION: &str = "s2s.dev/rotate";
@@ -157,7 +165,25 @@ enum Material {
     },
 }
 
-/// The reconcile of one account.
+/// What one credential's pass decided: its verifiers, its Secret, what happened, and when to
+/// look again.
+#[derive(Default)]
+struct CredentialOutcome {
+    credentials: Vec<CredentialVerifier>,
+    secret: Option<DesiredSecret>,
+    events: Vec<Event>,
+    problem: Option<Problem>,
+    wake: Vec<SystemTime>,
+}
+
+/// A credential as it will stand: current, and the previous one in grace.
+struct Issued {
+    current: CredentialVerifier,
+    material: Material,
+    previous: Option<(CredentialVerifier, Material)>,
+}
+
+/// The reconcile of one account: the checks in order, the builders they select, the Plan.
 pub fn reconcile(
     sa: &ServiceAccount,
     observed: &Observed,
@@ -165,335 +191,352 @@ pub fn reconcile(
     g: &mut dyn Generator,
 ) -> Plan {
     let old = sa.status.clone().unwrap_or_default();
+    let rotation = rotation_request(sa, &old);
+    let client_id = match client_id_decision(sa, &old, observed) {
+        ClientIdDecision::Recorded(id) | ClientIdDecision::Adopt(id) => Some(id),
+        ClientIdDecision::Mint => Some(g.client_id()),
+        ClientIdDecision::NotNeeded => None,
+    };
+    let outcomes: Vec<CredentialOutcome> = methods(sa)
+        .iter()
+        .map(|m| {
+            let id = client_id.as_deref().unwrap_or_default();
+            reconcile_credential(m, &old, observed, ctx, id, rotation.new, g)
+        })
+        .collect();
+
+    let mut problems: Vec<Problem> = outcomes.iter().filter_map(|o| o.problem.clone()).collect();
+    problems.extend(audience_conflict(sa, observed));
+    let credentials = outcomes
+        .iter()
+        .flat_map(|o| o.credentials.clone())
+        .collect();
+    let status = build_status(
+        sa,
+        &old,
+        client_id,
+        credentials,
+        rotation.value,
+        &problems,
+        ctx,
+    );
+    let mut events: Vec<Event> = outcomes.iter().flat_map(|o| o.events.clone()).collect();
+    events.extend(problems.into_iter().map(|p| Event {
+        warning: true,
+        reason: p.reason,
+        message: p.message,
+    }));
+    let requeue_after = outcomes
+        .iter()
+        .flat_map(|o| &o.wake)
+        .map(|at| at.duration_since(ctx.now).unwrap_or(Duration::from_secs(1)))
+        .min();
+    Plan {
+        status,
+        secrets: outcomes.into_iter().filter_map(|o| o.secret).collect(),
+        events,
+        requeue_after,
+    }
+}
+
+/// The checks for one credential, and the builder they select.
+fn reconcile_credential(
+    m: &Method<'_>,
+    old: &ServiceAccountStatus,
+    observed: &Observed,
+    ctx: &Context<'_>,
+    client_id: &str,
+    rotation_requested: bool,
+    g: &mut dyn Generator,
+) -> CredentialOutcome {
+    let rec = recorded(old, m.ty);
+    let observed_secret = observed.secrets.get(m.secret_name);
+    if let Some(problem) = secret_conflict(m.secret_name, observed_secret) {
+        return CredentialOutcome {
+            credentials: rec
+                .current
+                .into_iter()
+                .chain(rec.previous)
+                .cloned()
+                .collect(),
+            problem: Some(problem),
+            ..Default::default()
+        };
+    }
+    let data = observed_secret.map(|s| &s.data);
+    let mut events = vec![];
+    let (adopted, adopted_material) =
+        credential_unrecorded(m, rec.current, data, &to_time(ctx.now)).unzip();
+    if adopted.is_some() {
+        events.push(adopted_event(m));
+    }
+    let current = rec.current.or(adopted.as_ref());
+    let previous = match previous_credential(m, rec.previous, data, ctx.now) {
+        Previous::None => None,
+        Previous::InGrace(p, material) => Some((p, material)),
+        Previous::Retired => {
+            events.push(retired_event(m));
+            None
+        }
+    };
+    let rotation = current
+        .and_then(|c| rotation_reason(m, c, rotation_requested && adopted.is_none(), ctx.now));
+    let found = Found {
+        current: current.cloned(),
+        held: adopted_material.or_else(|| credential_held(m, current, data)),
+        previous,
+        resumable: rotation_resumable(m, rec.previous, data, ctx.now),
+    };
+    let fallback = found.current.clone();
+    match build_credential(m, credential_action(found, rotation), ctx, g) {
+        Ok((issued, event)) => {
+            events.extend(event);
+            CredentialOutcome {
+                events,
+                ..credential_outcome(m, client_id, ctx, issued)
+            }
+        }
+        Err(problem) => CredentialOutcome {
+            credentials: fallback.into_iter().collect(),
+            events,
+            problem: Some(problem),
+            ..Default::default()
+        },
+    }
+}
+
+/// Builds what the action selected: the credential as it will stand and the Event saying
+/// what happened. `Err` when a new credential cannot be generated.
+fn build_credential(
+    m: &Method<'_>,
+    action: CredentialAction,
+    ctx: &Context<'_>,
+    g: &mut dyn Generator,
+) -> Result<(Issued, Option<Event>), Problem> {
+    let noun = m.ty.noun();
+    let secret_name = m.secret_name;
+    let (previous, event) = match action {
+        CredentialAction::Keep {
+            current,
+            material,
+            previous,
+        } => {
+            let issued = Issued {
+                current,
+                material,
+                previous,
+            };
+            return Ok((issued, None));
+        }
+        CredentialAction::Rotate {
+            reason,
+            current,
+            material,
+        } => {
+            tracing::debug!(?reason, credential = noun, "rotation due");
+            // Rotation: the old one keeps working through the grace period.
+            let mut prev = current;
+            prev.not_after = Some(to_time(ctx.now + m.grace()));
+            let until = time_text(prev.not_after.as_ref());
+            let message = format!("{noun} rotated; the previous one works until {until}");
+            (Some((prev, material)), normal(reasons::ROTATED, message))
+        }
+        CredentialAction::ResumeRotation { previous } => {
+            // The workloads still hold the previous credential: issue the new one again and
+            // keep the previous through its grace period.
+            let until = time_text(previous.0.not_after.as_ref());
+            let message = format!("{noun} rotation resumed; the previous one works until {until}");
+            (Some(previous), normal(reasons::ROTATED, message))
+        }
+        CredentialAction::Regenerate => (None, regenerated_event(m)),
+        CredentialAction::Issue => {
+            let message = format!("{noun} issued into Secret {secret_name}");
+            (None, normal(reasons::ISSUED, message))
+        }
+    };
+    let (current, material) = new_credential(m.ty, m.alg, ctx.now, g).map_err(|e| Problem {
+        reason: event_reasons::GENERATION_FAILED,
+        message: format!("cannot generate a key: {e}"),
+    })?;
+    let issued = Issued {
+        current,
+        material,
+        previous,
+    };
+    Ok((issued, Some(event)))
+}
+
+/// The verifiers, Secret and wake-ups of a credential as it will stand.
+fn credential_outcome(
+    m: &Method<'_>,
+    client_id: &str,
+    ctx: &Context<'_>,
+    issued: Issued,
+) -> CredentialOutcome {
+    let Issued {
+        current,
+        material,
+        previous,
+    } = issued;
+    let (previous, previous_material) = previous.unzip();
+    let mut wake = vec![];
+    if let Some(every) = m.rotate_every {
+        wake.push(from_time(&current.created) + every);
+    }
+    if let Some(t) = previous.as_ref().and_then(|p| p.not_after.as_ref()) {
+        wake.push(from_time(t));
+    }
+    let data = secret::build(client_id, ctx, &material, previous_material.as_ref());
+    CredentialOutcome {
+        credentials: std::iter::once(current).chain(previous).collect(),
+        secret: Some(DesiredSecret {
+            name: m.secret_name.to_owned(),
+            data,
+        }),
+        wake,
+        ..Default::default()
+    }
+}
+
+/// The new status: credentials, the current one's summary and the conditions.
+fn build_status(
+    sa: &ServiceAccount,
+    old: &ServiceAccountStatus,
+    client_id: Option<String>,
+    credentials: Vec<CredentialVerifier>,
+    rotation_request: Option<String>,
+    problems: &[Problem],
+    ctx: &Context<'_>,
+) -> ServiceAccountStatus {
     let generation = sa.metadata.generation;
-    let now_t = to_time(ctx.now);
+    let now = to_time(ctx.now);
     let mut status = ServiceAccountStatus {
         conditions: old.conditions.clone(),
         observed_generation: generation,
-        client_id: old.client_id.clone(),
-        current_credential: None,
-        credentials: vec![],
-        rotation_request: old.rotation_request.clone(),
+        client_id,
+        current_credential: current_credential(sa, &credentials),
+        credentials,
+        rotation_request,
     };
-    let mut events = vec![];
-    let mut secrets = vec![];
-    let mut problems: Vec<(&'static str, String)> = vec![];
-    let mut requeue: Option<Duration> = None;
-    let mut wake = |at: SystemTime| {
-        let after = at.duration_since(ctx.now).unwrap_or(Duration::from_secs(1));
-        requeue = Some(requeue.map_or(after, |r| r.min(after)));
-    };
-
-    let rotate_value = sa
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ROTATE_ANNOTATION))
-        .cloned();
-    let rotate_requested = rotate_value.is_some() && rotate_value != old.rotation_request;
-
-    let auth = sa.spec.authentication.as_ref();
-    if auth.is_some() && status.client_id.is_none() {
-        // A Secret we control may already hold our client id (status lost): keep it.
-        let adopted = secret_names(sa).into_iter().find_map(|name| {
-            observed
-                .secrets
-                .get(&name)
-                .filter(|s| s.controlled)
-                .and_then(|s| s.data.get(secret::keys::CLIENT_ID))
-                .filter(|id| !id.is_empty())
-                .cloned()
-        });
-        status.client_id = Some(adopted.unwrap_or_else(|| g.client_id()));
+    if let Some(issued) = credentials_issued_condition(sa, problems, status.credentials.len()) {
+        set_condition(&mut status.conditions, issued, generation, &now);
     }
-    let client_id = status.client_id.clone().unwrap_or_default();
+    set_condition(
+        &mut status.conditions,
+        ready_condition(sa, problems),
+        generation,
+        &now,
+    );
+    status
+}
 
-    let methods = [
-        auth.and_then(|a| a.client_secret.as_ref()).map(|c| {
-            (
-                CredentialType::ClientSecret,
-                c.secret_name.as_str(),
-                None,
-                c.rotate_every,
-                c.grace_period,
-            )
-        }),
-        auth.and_then(|a| a.private_key_jwt.as_ref()).map(|k| {
-            (
-                CredentialType::PrivateKey,
-                k.secret_name.as_str(),
-                Some(k.algorithm),
-                k.rotate_every,
-                k.grace_period,
-            )
-        }),
-    ];
-    for (ty, secret_name, alg, rotate_every, grace) in methods.into_iter().flatten() {
-        let observed_secret = observed.secrets.get(secret_name);
-        let old_current = old
-            .credentials
-            .iter()
-            .find(|c| c.type_ == ty && c.not_after.is_none());
-        let old_previous = old
-            .credentials
-            .iter()
-            .find(|c| c.type_ == ty && c.not_after.is_some());
-        if let Some(s) = observed_secret.filter(|s| !s.controlled) {
-            let _ = s;
-            problems.push((
-                reasons::SECRET_CONFLICT,
-                format!("Secret {secret_name} exists and is not controlled by this ServiceAccount; it is left alone"),
-            ));
-            status.credentials.extend(old_current.cloned());
-            status.credentials.extend(old_previous.cloned());
-            continue;
-        }
-        let data = observed_secret.map(|s| &s.data);
-        let adopted = if old_current.is_none() {
-            secret::adopt(ty, data, alg, now_t.clone())
-        } else {
-            None
-        };
-        if adopted.is_some() {
-            events.push(Event {
-                warning: false,
-                reason: event_reasons::ADOPTED,
-                message: format!(
-                    "the {} in Secret {secret_name} was kept: the status did not record it",
-                    ty.noun()
-                ),
-            });
-        }
-        let (adopted_verifier, adopted_material) = adopted.unzip();
-        let old_current = old_current.or(adopted_verifier.as_ref());
-        let current_material = match adopted_material {
-            Some(m) => Some(m),
-            None => old_current.and_then(|c| secret::read_current(ty, c, data, alg)),
-        };
-        let previous_material = old_previous
-            .filter(|p| p.not_after.as_ref().is_some_and(|t| from_time(t) > ctx.now))
-            .and_then(|p| secret::read_previous(ty, p, data));
-        if old_previous.is_some() && previous_material.is_none() {
-            events.push(Event {
-                warning: false,
-                reason: event_reasons::RETIRED,
-                message: format!("the previous {} is retired", ty.noun()),
-            });
-        }
-
-        let due = old_current.is_some_and(|c| {
-            rotation_due(
-                from_time(&c.created),
-                rotate_every.map(|d| d.as_std()),
-                ctx.now,
-            ) || (rotate_requested && adopted_verifier.is_none())
-                || checks::algorithm_changed(c, alg)
-        });
-        let (current, current_mat, previous, previous_mat) = match (old_current, current_material) {
-            (Some(cur), Some(mat)) if !due => (
-                cur.clone(),
-                mat,
-                old_previous
-                    .filter(|_| previous_material.is_some())
-                    .cloned(),
-                previous_material,
-            ),
-            (old_cur, mat) => {
-                let (new, new_mat) = match new_credential(ty, alg, ctx.now, g) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        problems.push((
-                            event_reasons::GENERATION_FAILED,
-                            format!("cannot generate a key: {e}"),
-                        ));
-                        status.credentials.extend(old_current.cloned());
-                        continue;
-                    }
-                };
-                match (old_cur, mat) {
-                    (Some(cur), Some(mat)) => {
-                        // Rotation: the old one keeps working through the grace period.
-                        let grace = grace_period(
-                            grace.map(|d| d.as_std()),
-                            rotate_every.map(|d| d.as_std()),
-                        );
-                        let mut prev = cur.clone();
-                        prev.not_after = Some(to_time(ctx.now + grace));
-                        events.push(Event {
-                            warning: false,
-                            reason: reasons::ROTATED,
-                            message: format!(
-                                "{} rotated; the previous one works until {}",
-                                ty.noun(),
-                                prev.not_after
-                                    .as_ref()
-                                    .map(|t| t.0.to_string())
-                                    .unwrap_or_default()
-                            ),
-                        });
-                        (new, new_mat, Some(prev), Some(mat))
-                    }
-                    (Some(_), None)
-                        if let Some((prev, prev_mat)) = old_previous
-                            .filter(|p| {
-                                p.not_after.as_ref().is_some_and(|t| from_time(t) > ctx.now)
-                            })
-                            .and_then(|p| {
-                                secret::read_current(ty, p, data, alg).map(|m| (p.clone(), m))
-                            }) =>
-                    {
-                        // A rotation whose status was written but whose Secret was not: the
-                        // workloads still hold the previous credential. Issue the new one
-                        // again and keep the previous through its grace period.
-                        events.push(Event {
-                            warning: false,
-                            reason: reasons::ROTATED,
-                            message: format!(
-                                "{} rotation resumed; the previous one works until {}",
-                                ty.noun(),
-                                prev.not_after
-                                    .as_ref()
-                                    .map(|t| t.0.to_string())
-                                    .unwrap_or_default()
-                            ),
-                        });
-                        (new, new_mat, Some(prev), Some(prev_mat))
-                    }
-                    (Some(_), None) => {
-                        events.push(Event {
-                            warning: true,
-                            reason: event_reasons::REGENERATED,
-                            message: format!(
-                                "Secret {secret_name} no longer holds the current {}; a new one was generated",
-                                ty.noun()
-                            ),
-                        });
-                        (new, new_mat, None, None)
-                    }
-                    (None, _) => {
-                        events.push(Event {
-                            warning: false,
-                            reason: reasons::ISSUED,
-                            message: format!("{} issued into Secret {secret_name}", ty.noun()),
-                        });
-                        (new, new_mat, None, None)
-                    }
-                }
-            }
-        };
-
-        if let Some(every) = rotate_every {
-            wake(from_time(&current.created) + every.as_std());
-        }
-        if let Some(t) = previous.as_ref().and_then(|p| p.not_after.as_ref()) {
-            wake(from_time(t));
-        }
-        let data = secret::build(&client_id, ctx, &current_mat, previous_mat.as_ref());
-        secrets.push(DesiredSecret {
-            name: secret_name.to_owned(),
-            data,
-        });
-        status.credentials.push(current);
-        status.credentials.extend(previous);
-    }
-
-    status.rotation_request = rotate_value;
-    status.current_credential = status
-        .credentials
+/// The newest credential in use, with its scheduled expiry.
+fn current_credential(
+    sa: &ServiceAccount,
+    credentials: &[CredentialVerifier],
+) -> Option<CredentialSummary> {
+    let methods = methods(sa);
+    credentials
         .iter()
         .filter(|c| c.not_after.is_none())
         .max_by_key(|c| c.created.0)
         .map(|c| {
-            let every = match c.type_ {
-                CredentialType::ClientSecret => auth
-                    .and_then(|a| a.client_secret.as_ref())
-                    .and_then(|x| x.rotate_every),
-                CredentialType::PrivateKey => auth
-                    .and_then(|a| a.private_key_jwt.as_ref())
-                    .and_then(|x| x.rotate_every),
-            };
+            let every = methods
+                .iter()
+                .find(|m| m.ty == c.type_)
+                .and_then(|m| m.rotate_every);
             CredentialSummary {
                 id: c.id.clone(),
                 type_: c.type_,
                 created: c.created.clone(),
-                expires: every.map(|d| to_time(from_time(&c.created) + d.as_std())),
+                expires: every.map(|d| to_time(from_time(&c.created) + d)),
             }
-        });
+        })
+}
 
-    if let Some(owner) = &observed.audience_claimed_by {
-        problems.push((
-            reasons::AUDIENCE_CONFLICT,
-            format!(
-                "audience {} is already claimed by {owner}",
-                sa.spec
-                    .api
-                    .as_ref()
-                    .map(|a| a.audience.as_str())
-                    .unwrap_or_default()
-            ),
-        ));
+/// `CredentialsIssued`, for an account with stored credentials: False with the first
+/// credential problem (Secret conflict, generation failure).
+fn credentials_issued_condition(
+    sa: &ServiceAccount,
+    problems: &[Problem],
+    count: usize,
+) -> Option<Desired<'static>> {
+    if methods(sa).is_empty() {
+        return None;
     }
-    let credential_problem = problems
-        .iter()
-        .find(|(r, _)| *r == reasons::SECRET_CONFLICT || *r == event_reasons::GENERATION_FAILED);
-    let has_credentials = sa
-        .spec
-        .authentication
-        .as_ref()
-        .is_some_and(|a| a.client_secret.is_some() || a.private_key_jwt.is_some());
-    if has_credentials {
-        let issued = match credential_problem {
-            Some((reason, msg)) => Desired {
-                type_: types::CREDENTIALS_ISSUED,
-                status: ConditionStatus::False,
-                reason,
-                message: msg.clone(),
-            },
-            None => Desired {
-                type_: types::CREDENTIALS_ISSUED,
-                status: ConditionStatus::True,
-                reason: reasons::ISSUED,
-                message: format!("{} credential(s) in place", status.credentials.len()),
-            },
-        };
-        set_condition(&mut status.conditions, issued, generation, &now_t);
-    }
-    let ready = if let Some((reason, msg)) = problems.first() {
-        Desired {
+    let credential_problem = problems.iter().find(|p| {
+        p.reason == reasons::SECRET_CONFLICT || p.reason == event_reasons::GENERATION_FAILED
+    });
+    Some(match credential_problem {
+        Some(p) => Desired {
+            type_: types::CREDENTIALS_ISSUED,
+            status: ConditionStatus::False,
+            reason: p.reason,
+            message: p.message.clone(),
+        },
+        None => Desired {
+            type_: types::CREDENTIALS_ISSUED,
+            status: ConditionStatus::True,
+            reason: reasons::ISSUED,
+            message: format!("{count} credential(s) in place"),
+        },
+    })
+}
+
+/// `Ready`: False with the first problem, else False when disabled, else True.
+fn ready_condition(sa: &ServiceAccount, problems: &[Problem]) -> Desired<'static> {
+    match problems.first().cloned().or_else(|| disabled(sa)) {
+        Some(p) => Desired {
             type_: types::READY,
             status: ConditionStatus::False,
-            reason,
-            message: msg.clone(),
-        }
-    } else if sa.spec.disabled {
-        Desired {
-            type_: types::READY,
-            status: ConditionStatus::False,
-            reason: reasons::DISABLED,
-            message: "the account is disabled: it gets no tokens".into(),
-        }
-    } else {
-        Desired {
+            reason: p.reason,
+            message: p.message,
+        },
+        None => Desired {
             type_: types::READY,
             status: ConditionStatus::True,
             reason: reasons::READY,
             message: "ready".into(),
-        }
-    };
-    set_condition(&mut status.conditions, ready, generation, &now_t);
-    for (reason, message) in &problems {
-        events.push(Event {
-            warning: true,
-            reason,
-            message: message.clone(),
-        });
+        },
     }
-    Plan {
-        status,
-        secrets,
-        events,
-        requeue_after: requeue,
+}
+
+fn normal(reason: &'static str, message: String) -> Event {
+    Event {
+        warning: false,
+        reason,
+        message,
     }
+}
+
+fn adopted_event(m: &Method<'_>) -> Event {
+    let (noun, secret_name) = (m.ty.noun(), m.secret_name);
+    normal(
+        event_reasons::ADOPTED,
+        format!("the {noun} in Secret {secret_name} was kept: the status did not record it"),
+    )
+}
+
+fn regenerated_event(m: &Method<'_>) -> Event {
+    let (noun, secret_name) = (m.ty.noun(), m.secret_name);
+    Event {
+        warning: true,
+        reason: event_reasons::REGENERATED,
+        message: format!(
+            "Secret {secret_name} no longer holds the current {noun}; a new one was generated"
+        ),
+    }
+}
+
+fn retired_event(m: &Method<'_>) -> Event {
+    normal(
+        event_reasons::RETIRED,
+        format!("the previous {} is retired", m.ty.noun()),
+    )
+}
+
+fn time_text(t: Option<&Time>) -> String {
+    t.map(|t| t.0.to_string()).unwrap_or_default()
 }
 
 /// The Secrets an account's spec names.

@@ -441,3 +441,331 @@ fn a_rotation_whose_secret_write_was_lost_resumes_and_keeps_the_previous() {
         previous.secret_digest.as_deref().unwrap()
     ));
 }
+
+// The named checks, each on a hand-built world.
+
+/// A client-secret verifier for `secret`, created at `created`, rotated out until `not_after`.
+fn secret_verifier(
+    secret: &str,
+    created: SystemTime,
+    not_after: Option<SystemTime>,
+) -> CredentialVerifier {
+    CredentialVerifier {
+        id: format!("id-{secret}"),
+        type_: CredentialType::ClientSecret,
+        created: to_time(created),
+        not_after: not_after.map(to_time),
+        secret_digest: Some(crypto::secret_digest(secret)),
+        public_key: None,
+    }
+}
+
+fn client_secret_method(rotate_every: Option<Duration>) -> Method<'static> {
+    Method {
+        ty: CredentialType::ClientSecret,
+        secret_name: "worker-secret",
+        alg: None,
+        rotate_every,
+        grace: None,
+    }
+}
+
+fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn status_with(credentials: Vec<CredentialVerifier>) -> ServiceAccountStatus {
+    ServiceAccountStatus {
+        credentials,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn check_methods_and_recorded_credentials() {
+    let sa = account(BOTH);
+    let m = methods(&sa);
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        (m[0].ty, m[0].secret_name, m[0].rotate_every, m[0].grace()),
+        (
+            CredentialType::ClientSecret,
+            "worker-secret",
+            Some(720 * H),
+            24 * H
+        )
+    );
+    assert_eq!(
+        (m[1].ty, m[1].alg, m[1].rotate_every),
+        (CredentialType::PrivateKey, Some(KeyAlgorithm::EdDSA), None)
+    );
+    let cur = secret_verifier("new", t0(), None);
+    let prev = secret_verifier("old", t0(), Some(t0() + H));
+    let status = status_with(vec![prev.clone(), cur.clone()]);
+    let r = recorded(&status, CredentialType::ClientSecret);
+    assert_eq!((r.current, r.previous), (Some(&cur), Some(&prev)));
+    let r = recorded(&status, CredentialType::PrivateKey);
+    assert!(r.current.is_none() && r.previous.is_none());
+}
+
+#[test]
+fn check_client_id_decision_keeps_adopts_or_mints() {
+    let sa = account(BOTH);
+    let recorded = ServiceAccountStatus {
+        client_id: Some("kept".into()),
+        ..Default::default()
+    };
+    let mut obs = Observed::default();
+    assert_eq!(
+        client_id_decision(&sa, &recorded, &obs),
+        ClientIdDecision::Recorded("kept".into())
+    );
+    let none = ServiceAccountStatus::default();
+    assert_eq!(client_id_decision(&sa, &none, &obs), ClientIdDecision::Mint);
+    // An empty id is no id; a foreign Secret's id is never taken.
+    for (id, controlled) in [("", true), ("theirs", false)] {
+        obs.secrets.insert(
+            "worker-key".into(),
+            ObservedSecret {
+                data: data(&[("client_id", id)]),
+                controlled,
+            },
+        );
+        assert_eq!(client_id_decision(&sa, &none, &obs), ClientIdDecision::Mint);
+    }
+    obs.secrets.insert(
+        "worker-key".into(),
+        ObservedSecret {
+            data: data(&[("client_id", "ours")]),
+            controlled: true,
+        },
+    );
+    assert_eq!(
+        client_id_decision(&sa, &none, &obs),
+        ClientIdDecision::Adopt("ours".into())
+    );
+    let api_only = account(
+        "{apiVersion: s2s.dev/v1alpha1, kind: ServiceAccount, metadata: {name: a}, spec: {}}",
+    );
+    assert_eq!(
+        client_id_decision(&api_only, &none, &obs),
+        ClientIdDecision::NotNeeded
+    );
+}
+
+#[test]
+fn check_rotation_request_is_new_once_per_value() {
+    let mut sa = account(BOTH);
+    let mut old = ServiceAccountStatus::default();
+    assert_eq!(
+        rotation_request(&sa, &old),
+        RotationRequest {
+            value: None,
+            new: false
+        }
+    );
+    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "2".to_owned())].into());
+    assert!(rotation_request(&sa, &old).new);
+    old.rotation_request = Some("2".into());
+    assert_eq!(
+        rotation_request(&sa, &old),
+        RotationRequest {
+            value: Some("2".into()),
+            new: false
+        }
+    );
+}
+
+#[test]
+fn check_secret_conflict_only_for_a_secret_it_does_not_control() {
+    assert_eq!(secret_conflict("s", None), None);
+    let ours = ObservedSecret {
+        data: BTreeMap::new(),
+        controlled: true,
+    };
+    assert_eq!(secret_conflict("s", Some(&ours)), None);
+    let theirs = ObservedSecret {
+        controlled: false,
+        ..ours
+    };
+    let p = secret_conflict("s", Some(&theirs)).unwrap();
+    assert_eq!(p.reason, reasons::SECRET_CONFLICT);
+    assert_eq!(
+        p.message,
+        "Secret s exists and is not controlled by this ServiceAccount; it is left alone"
+    );
+}
+
+#[test]
+fn check_credential_unrecorded_adopts_only_what_the_status_lacks() {
+    let m = client_secret_method(None);
+    let held = data(&[("client_secret", "s3cret")]);
+    let now = to_time(t0());
+    let (v, material) = credential_unrecorded(&m, None, Some(&held), &now).expect("adopted");
+    assert!(matches!(material, Material::Secret(s) if s == "s3cret"));
+    assert!(crypto::verify_secret(
+        "s3cret",
+        v.secret_digest.as_deref().unwrap()
+    ));
+    assert_eq!((v.created, v.not_after), (now.clone(), None));
+    let recorded = secret_verifier("other", t0(), None);
+    assert!(credential_unrecorded(&m, Some(&recorded), Some(&held), &now).is_none());
+    let empty = data(&[("client_secret", "")]);
+    assert!(credential_unrecorded(&m, None, Some(&empty), &now).is_none());
+    assert!(credential_unrecorded(&m, None, None, &now).is_none());
+}
+
+#[test]
+fn check_credential_held_detects_a_missing_credential() {
+    let m = client_secret_method(None);
+    let v = secret_verifier("s3cret", t0(), None);
+    let held = data(&[("client_secret", "s3cret")]);
+    assert!(credential_held(&m, Some(&v), Some(&held)).is_some());
+    let replaced = data(&[("client_secret", "someone else's")]);
+    assert!(credential_held(&m, Some(&v), Some(&replaced)).is_none());
+    assert!(credential_held(&m, Some(&v), None).is_none());
+    assert!(credential_held(&m, None, Some(&held)).is_none());
+}
+
+#[test]
+fn check_grace_over_retires_the_previous_credential() {
+    let m = client_secret_method(None);
+    let prev = secret_verifier("old", t0(), Some(t0() + H));
+    assert!(!grace_over(&prev, t0() + H - Duration::from_secs(1)));
+    assert!(grace_over(&prev, t0() + H));
+    let held = data(&[("client_secret.previous", "old")]);
+    assert!(matches!(
+        previous_credential(&m, None, Some(&held), t0()),
+        Previous::None
+    ));
+    assert!(matches!(
+        previous_credential(&m, Some(&prev), Some(&held), t0()),
+        Previous::InGrace(p, Material::Secret(s)) if p == prev && s == "old"
+    ));
+    assert!(matches!(
+        previous_credential(&m, Some(&prev), Some(&held), t0() + H),
+        Previous::Retired
+    ));
+    // In grace, but the Secret lost it: retired all the same.
+    assert!(matches!(
+        previous_credential(&m, Some(&prev), Some(&data(&[])), t0()),
+        Previous::Retired
+    ));
+}
+
+#[test]
+fn check_rotation_reason_schedule_annotation_algorithm() {
+    let m = client_secret_method(Some(10 * H));
+    let v = secret_verifier("s", t0(), None);
+    assert_eq!(rotation_reason(&m, &v, false, t0() + 9 * H), None);
+    assert_eq!(
+        rotation_reason(&m, &v, false, t0() + 10 * H),
+        Some(RotationReason::Schedule)
+    );
+    assert_eq!(
+        rotation_reason(&m, &v, true, t0()),
+        Some(RotationReason::Annotation)
+    );
+    let key = crypto::generate_key(KeyAlgorithm::EdDSA).unwrap();
+    let kv = CredentialVerifier {
+        id: key.kid.clone(),
+        type_: CredentialType::PrivateKey,
+        created: to_time(t0()),
+        not_after: None,
+        secret_digest: None,
+        public_key: Some(key.public_jwk.clone()),
+    };
+    let mut km = Method {
+        ty: CredentialType::PrivateKey,
+        secret_name: "worker-key",
+        alg: Some(KeyAlgorithm::EdDSA),
+        rotate_every: None,
+        grace: None,
+    };
+    assert_eq!(rotation_reason(&km, &kv, false, t0() + 10_000 * H), None);
+    km.alg = Some(KeyAlgorithm::ES256);
+    assert_eq!(
+        rotation_reason(&km, &kv, false, t0()),
+        Some(RotationReason::AlgorithmChanged)
+    );
+}
+
+#[test]
+fn check_rotation_resumable_when_the_secret_still_holds_the_previous_as_current() {
+    let m = client_secret_method(None);
+    let prev = secret_verifier("old", t0(), Some(t0() + H));
+    let stale = data(&[("client_secret", "old")]);
+    let (p, material) = rotation_resumable(&m, Some(&prev), Some(&stale), t0()).expect("resumable");
+    assert_eq!(p, prev);
+    assert!(matches!(material, Material::Secret(s) if s == "old"));
+    assert!(rotation_resumable(&m, Some(&prev), Some(&stale), t0() + H).is_none());
+    let other = data(&[("client_secret", "unknown")]);
+    assert!(rotation_resumable(&m, Some(&prev), Some(&other), t0()).is_none());
+    assert!(rotation_resumable(&m, None, Some(&stale), t0()).is_none());
+}
+
+#[test]
+fn check_credential_action_selects_the_builder() {
+    let cur = secret_verifier("cur", t0(), None);
+    let prev = secret_verifier("old", t0(), Some(t0() + H));
+    let found = |current: bool, held: bool, resumable: bool| Found {
+        current: current.then(|| cur.clone()),
+        held: held.then(|| Material::Secret("cur".into())),
+        previous: None,
+        resumable: resumable.then(|| (prev.clone(), Material::Secret("old".into()))),
+    };
+    assert!(matches!(
+        credential_action(found(true, true, false), None),
+        CredentialAction::Keep { current, .. } if current == cur
+    ));
+    assert!(matches!(
+        credential_action(found(true, true, true), Some(RotationReason::Annotation)),
+        CredentialAction::Rotate {
+            reason: RotationReason::Annotation,
+            ..
+        }
+    ));
+    assert!(matches!(
+        credential_action(found(true, false, true), Some(RotationReason::Schedule)),
+        CredentialAction::ResumeRotation { previous: (p, _) } if p == prev
+    ));
+    assert!(matches!(
+        credential_action(found(true, false, false), None),
+        CredentialAction::Regenerate
+    ));
+    assert!(matches!(
+        credential_action(found(false, false, true), None),
+        CredentialAction::Issue
+    ));
+}
+
+#[test]
+fn check_audience_conflict_and_disabled() {
+    let mut sa = account(
+        r#"
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {name: orders, namespace: shop}
+spec:
+  api: {audience: "https://orders"}
+"#,
+    );
+    assert_eq!(audience_conflict(&sa, &Observed::default()), None);
+    let obs = Observed {
+        audience_claimed_by: Some("other/orders".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        audience_conflict(&sa, &obs),
+        Some(Problem {
+            reason: reasons::AUDIENCE_CONFLICT,
+            message: "audience https://orders is already claimed by other/orders".into(),
+        })
+    );
+    assert_eq!(disabled(&sa), None);
+    sa.spec.disabled = true;
+    assert_eq!(disabled(&sa).unwrap().reason, reasons::DISABLED);
+}

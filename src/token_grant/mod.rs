@@ -32,6 +32,7 @@
 //! tokens. An output token that does not name the grant's current uid (issued by an earlier
 //! version) is re-issued, so it too dies with the grant.
 
+mod checks;
 pub mod controller;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kube::ResourceExt;
 
 use crate::api::conditions::{ConditionStatus, reasons, types};
+use crate::api::token_grant::TokenOutput;
 use crate::api::{ServiceAccount, TokenGrant, TokenGrantStatus};
 use crate::crypto::{self, SigningKey};
 use crate::k8s::Event;
@@ -49,6 +51,12 @@ use crate::k8s::conditions::{Desired, find, set_condition};
 use crate::service_account::{DesiredSecret, ObservedSecret, from_time, to_time};
 use crate::token::AccessClaims;
 use crate::token::deny::GrantRevocation;
+
+pub use checks::{
+    OutputDue, Problem, Revocation, TokenAdoption, audience_not_owned, controlled_data,
+    desired_claims, output_due, revoked, secret_conflict, signing_key_usable, subject_unresolved,
+    token_in_place, token_unrecorded,
+};
 
 /// The finalizer earlier versions put on every TokenGrant (their deletion wrote a deny-list
 /// entry first). Nothing adds it any more; the controller removes it where it finds it.
@@ -405,350 +413,412 @@ pub fn after_write_failure(
     plan(grant, world, ctx, Some(why))
 }
 
-/// A problem that keeps the grant from being Ready.
-struct Problem {
-    reason: &'static str,
-    message: String,
+/// What the output stage decided.
+#[derive(Default)]
+struct OutputOutcome {
+    secret: Option<DesiredSecret>,
+    events: Vec<Event>,
+    requeue: Option<Duration>,
+    failed: bool,
+    /// The Ready problem: the one the checks found, or the failure to issue a first token.
+    blocker: Option<Problem>,
+    /// Whether a valid token is in the Secret.
+    token_ok: bool,
 }
 
-fn problem(reason: &'static str, message: impl Into<String>) -> Option<Problem> {
-    Some(Problem {
-        reason,
-        message: message.into(),
-    })
-}
-
+/// The checks in order, the builders they select, the Plan.
 fn plan(grant: &TokenGrant, world: &World<'_>, ctx: &Context, write_failed: Option<&str>) -> Plan {
     let old = grant.status.clone().unwrap_or_default();
-    let generation = grant.metadata.generation;
-    let now_t = to_time(ctx.now);
-    let now_s = unix(ctx.now);
     let mut status = TokenGrantStatus {
         conditions: old.conditions.clone(),
-        observed_generation: generation,
+        observed_generation: grant.metadata.generation,
         ..old.clone()
     };
+    let revocation = revoked(grant, world, &old, ctx.now);
     let mut events = vec![];
-    let mut secret = None;
-    let mut revoke = None;
-    let mut requeue = None;
-    let mut failed = false;
-    let output = grant.spec.output.as_ref();
-    let secret_name = output.map(|o| o.secret_name.as_str()).unwrap_or_default();
-    let observed = world.secret.as_ref();
-    let foreign = observed.is_some_and(|s| !s.controlled);
-
-    // The checks, in order; the first problem is the Ready reason.
-    let mut blocker = if grant.spec.revoked {
-        let message = if revocation_recorded(Some(&old)) {
-            find(&old.conditions, types::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default()
-        } else {
-            let r = revocations(grant, world, ctx.now);
-            let message = match &r.grant {
-                Some(g) => format!(
-                    "revoked at {}: tokens issued under it until then are void until {}",
-                    rfc3339(ctx.now),
-                    rfc3339(at_unix(g.until))
-                ),
-                None => format!(
-                    "revoked at {}: no deny-list entry was needed (the audience is not owned here or the subject is unknown)",
-                    rfc3339(ctx.now)
-                ),
-            };
-            events.push(Event {
-                warning: false,
-                reason: reasons::REVOKED,
-                message: message.clone(),
-            });
-            revoke = Some(r);
-            message
-        };
-        problem(reasons::REVOKED, message)
-    } else if let Err(m) = audience_owned(grant, world) {
-        problem(reasons::AUDIENCE_NOT_OWNED, m)
-    } else {
-        match &world.subject {
-            SubjectView::Missing(m) => problem(reasons::NOT_FOUND, m.clone()),
-            SubjectView::Account(a) if a.disabled => {
-                problem(reasons::DISABLED, "the subject ServiceAccount is disabled")
-            }
-            SubjectView::Issuer(_) if output.is_some() => problem(
-                reasons::INVALID_SPEC,
-                "output needs a ServiceAccount subject",
-            ),
-            SubjectView::Account(a) if a.client_id.is_none() && output.is_some() => problem(
-                reasons::PENDING,
-                "waiting for the subject ServiceAccount to get its client id",
-            ),
-            _ if output.is_some() && foreign => problem(
-                reasons::SECRET_CONFLICT,
-                format!(
-                    "Secret {secret_name} exists and is not controlled by this TokenGrant; it is left alone"
-                ),
-            ),
-            _ => None,
+    let revoke = match &revocation {
+        Some(Revocation::Due {
+            revocations,
+            message,
+        }) => {
+            events.push(event(false, reasons::REVOKED, message));
+            Some(revocations.clone())
         }
+        _ => None,
     };
+    let blocker = revocation
+        .as_ref()
+        .map(Revocation::problem)
+        .or_else(|| audience_not_owned(grant, world))
+        .or_else(|| subject_unresolved(grant, world))
+        .or_else(|| secret_conflict(grant, world));
 
-    // The output token.
-    let mut issuing: Option<Desired<'static>> = None;
-    let mut token_ok = false;
-    if let (Some(out), Some((lifetime, renew_before))) =
-        (output, output_timing(grant, world.max_token_lifetime))
-    {
-        let data = observed
-            .filter(|s| s.controlled)
-            .map(|s| s.data.clone())
-            .unwrap_or_default();
-        let mut in_place = token_in_secret(&data).filter(|c| c.exp > now_s);
-        if grant.spec.revoked {
+    let output = reconcile_output(grant, world, ctx, &old, &mut status, blocker, write_failed);
+    events.extend(output.events);
+    let ready = ready_condition(grant, output.blocker.as_ref(), output.token_ok);
+    events.extend(blocker_event(output.blocker.as_ref()));
+    let generation = grant.metadata.generation;
+    set_condition(&mut status.conditions, ready, generation, &to_time(ctx.now));
+    Plan {
+        status,
+        secret: output.secret,
+        requeue_after: deny_window_requeue(grant, revoke.as_ref(), ctx.now).or(output.requeue),
+        revoke,
+        events,
+        failed: output.failed,
+    }
+}
+
+/// The output stage, or clearing what a previous output left.
+fn reconcile_output(
+    grant: &TokenGrant,
+    world: &World<'_>,
+    ctx: &Context,
+    old: &TokenGrantStatus,
+    status: &mut TokenGrantStatus,
+    blocker: Option<Problem>,
+    write_failed: Option<&str>,
+) -> OutputOutcome {
+    let timing = output_timing(grant, world.max_token_lifetime);
+    let (Some(out), Some(timing)) = (grant.spec.output.as_ref(), timing) else {
+        clear_output(status);
+        return OutputOutcome {
+            blocker,
+            ..Default::default()
+        };
+    };
+    let stage = OutputStage {
+        grant,
+        out,
+        timing,
+        world,
+        ctx,
+        old,
+    };
+    stage.reconcile(status, blocker, write_failed)
+}
+
+/// A revoked grant looks again when its deny-list entry ends.
+fn deny_window_requeue(
+    grant: &TokenGrant,
+    revoke: Option<&Revocations>,
+    now: SystemTime,
+) -> Option<Duration> {
+    let g = revoke
+        .and_then(|r| r.grant.as_ref())
+        .filter(|_| grant.spec.revoked)?;
+    Some(Duration::from_secs(
+        g.until.saturating_sub(unix(now)).max(1),
+    ))
+}
+
+/// No output: nothing is issued; what a previous output left is not tracked.
+fn clear_output(status: &mut TokenGrantStatus) {
+    status.conditions.retain(|c| c.type_ != types::ISSUING);
+    clear_token(status);
+}
+
+/// The status records no token in place.
+fn clear_token(status: &mut TokenGrantStatus) {
+    status.not_after = None;
+    status.renewal_time = None;
+    status.token_id = None;
+}
+
+/// The output of one grant, in one pass.
+struct OutputStage<'a> {
+    grant: &'a TokenGrant,
+    out: &'a TokenOutput,
+    /// Lifetime and `renewBefore`.
+    timing: (Duration, Duration),
+    world: &'a World<'a>,
+    ctx: &'a Context,
+    old: &'a TokenGrantStatus,
+}
+
+impl OutputStage<'_> {
+    /// The output checks in order and the builders they select; writes the token fields
+    /// and the Issuing condition of `status`.
+    fn reconcile(
+        &self,
+        status: &mut TokenGrantStatus,
+        mut blocker: Option<Problem>,
+        write_failed: Option<&str>,
+    ) -> OutputOutcome {
+        let revoked = self.grant.spec.revoked;
+        let data = controlled_data(self.world);
+        let mut in_place = token_in_place(self.world, self.ctx.now);
+        let mut secret = None;
+        if revoked {
             // A revoked token must not sit in a Secret.
-            if observed.is_some_and(|s| s.controlled)
-                && keys::ALL.iter().any(|k| data.contains_key(*k))
-            {
-                let mut kept = data.clone();
-                for k in keys::ALL {
-                    kept.remove(k);
-                }
-                secret = Some(DesiredSecret {
-                    name: out.secret_name.clone(),
-                    data: kept,
-                });
-            }
-            status.not_after = None;
-            status.renewal_time = None;
-            status.token_id = None;
+            secret = self.without_token(&data);
+            clear_token(status);
             in_place = None;
         }
-        // A token in our Secret that the status does not record is adopted if it is newer
-        // than the recorded one (the status write after the Secret write failed, or the
-        // status was lost): re-issuing would only churn.
-        if let Some(c) = in_place.as_ref().filter(|c| !is_recorded(c, &old)) {
-            let newer = old
-                .last_issued
-                .as_ref()
-                .is_none_or(|t| c.iat >= unix(from_time(t)));
-            if newer {
-                status.token_id = Some(c.jti.clone());
-                status.not_after = Some(to_time(at_unix(c.exp)));
-                status.last_issued = Some(to_time(at_unix(c.iat)));
-                status.revision = Some(old.revision.unwrap_or(0) + 1);
-            } else {
-                in_place = None;
-            }
-        }
-        let want = match (&world.subject, &blocker) {
-            (SubjectView::Account(a), None) => {
-                let client_id = a.client_id.clone().unwrap_or_default();
-                let scope = crate::token::scopes::resolve(
-                    &[],
-                    &a.scopes,
-                    &grant.spec.scopes,
-                    &world.defined_scopes,
-                )
-                .unwrap_or_default();
-                Some(AccessClaims {
-                    iss: world.issuer.trim_end_matches('/').to_owned(),
-                    sub: client_id.clone(),
-                    aud: grant.spec.audience.clone(),
-                    exp: now_s + lifetime.as_secs(),
-                    iat: now_s,
-                    nbf: now_s,
-                    jti: String::new(),
-                    client_id,
-                    scope: (!scope.is_empty()).then(|| scope.join(" ")),
-                    tenant: grant.spec.tenant.clone(),
-                    act: None,
-                    grants: output_grant_refs(grant),
-                })
-            }
-            _ => None,
-        };
-        let due = match (&want, &in_place) {
-            (None, _) => None,
-            (Some(_), None) if old.revision.is_none() => Some("first issue".to_owned()),
-            (Some(_), None) => Some(format!(
-                "Secret {secret_name} no longer holds a valid token"
-            )),
-            (Some(w), Some(have)) => token_outdated(have, w, lifetime)
-                .map(|what| format!("the grant's {what} changed"))
-                .or_else(|| {
-                    renewal_due(have.exp, renew_before, ctx.now).then(|| "renewal due".to_owned())
-                }),
-        };
-        match (want, due) {
-            (Some(mut claims), Some(why)) => {
-                let failure = match (write_failed, world.signing_key.as_ref()) {
-                    (Some(w), _) => Err(format!("cannot write Secret {secret_name}: {w}")),
-                    (None, Err(e)) => Err(format!("no signing key: {e}")),
-                    (None, Ok(key)) => {
-                        claims.jti = crypto::random_token_id();
-                        crypto::sign_jwt(key, TOKEN_TYPE_HEADER, &claims)
-                            .map_err(|e| format!("signing failed: {e}"))
-                    }
-                };
-                match failure {
-                    Ok(token) => {
-                        let mut data = data.clone();
-                        data.insert(keys::ACCESS_TOKEN.into(), token.clone());
-                        data.insert(keys::TOKEN_TYPE.into(), "Bearer".into());
-                        data.insert(keys::EXPIRES_AT.into(), rfc3339(at_unix(claims.exp)));
-                        data.insert(keys::AUTHORIZATION.into(), format!("Bearer {token}"));
-                        secret = Some(DesiredSecret {
-                            name: out.secret_name.clone(),
-                            data,
-                        });
-                        let not_after = at_unix(claims.exp);
-                        let revision = status.revision.unwrap_or(0) + 1;
-                        status.revision = Some(revision);
-                        status.last_issued = Some(now_t.clone());
-                        status.not_after = Some(to_time(not_after));
-                        status.token_id = Some(claims.jti.clone());
-                        let renewed = in_place.is_some() || old.revision.is_some();
-                        events.push(Event {
-                            warning: false,
-                            reason: if renewed { reasons::RENEWED } else { reasons::ISSUED },
-                            message: format!(
-                                "token {} (revision {revision}) written to Secret {secret_name}, valid until {} ({why})",
-                                claims.jti,
-                                rfc3339(not_after)
-                            ),
-                        });
-                        in_place = Some(claims);
-                    }
-                    Err(message) => {
-                        failed = true;
-                        events.push(Event {
-                            warning: true,
-                            reason: reasons::ISSUE_FAILED,
-                            message: format!(
-                                "{why}: {message}; the previous token, if any, stays in place"
-                            ),
-                        });
-                        issuing = Some(Desired {
-                            type_: types::ISSUING,
-                            status: ConditionStatus::False,
-                            reason: reasons::ISSUE_FAILED,
-                            message: format!("{why}: {message}"),
-                        });
-                        if in_place.is_none() {
-                            blocker = problem(reasons::ISSUE_FAILED, message);
-                        }
+        in_place = in_place.filter(|c| self.counts(c, status));
+        let mut outcome = OutputOutcome::default();
+        let mut issuing = None;
+        if let Some((claims, due)) = self.due(blocker.is_none(), in_place.as_ref()) {
+            let why = due.message(&self.out.secret_name);
+            let renewed = in_place.is_some() || self.old.revision.is_some();
+            match self.issue(&data, claims, &why, write_failed, renewed, status) {
+                Ok((written, event, claims)) => {
+                    secret = Some(written);
+                    outcome.events.push(event);
+                    in_place = Some(claims);
+                }
+                Err(message) => {
+                    outcome.failed = true;
+                    outcome.events.push(issue_failed_event(&why, &message));
+                    issuing = Some(issue_failed_condition(&why, &message));
+                    if in_place.is_none() {
+                        blocker = Some(Problem::new(reasons::ISSUE_FAILED, message));
                     }
                 }
             }
-            (Some(_), None) => {}
-            (None, _) => {}
         }
-        if !grant.spec.revoked {
-            if let Some(c) = &in_place {
-                let renewal = at_unix(c.exp) - renew_before;
-                status.renewal_time = Some(to_time(renewal));
-                let after = renewal
-                    .duration_since(ctx.now)
-                    .unwrap_or(Duration::from_secs(1));
-                requeue = Some(after.max(Duration::from_secs(1)));
-                token_ok = true;
-            } else if status
+        if !revoked {
+            outcome.requeue = self.record_renewal(status, in_place.as_ref());
+            outcome.token_ok = in_place.is_some();
+        }
+        let issuing = issuing.unwrap_or_else(|| {
+            issuing_condition(blocker.as_ref(), in_place.as_ref(), self.timing.1)
+        });
+        let generation = self.grant.metadata.generation;
+        set_condition(
+            &mut status.conditions,
+            issuing,
+            generation,
+            &to_time(self.ctx.now),
+        );
+        OutputOutcome {
+            secret,
+            blocker,
+            ..outcome
+        }
+    }
+
+    /// Whether the token in place counts: recorded, or newer than the recorded one (then
+    /// recorded in `status`, see [`token_unrecorded`]).
+    fn counts(&self, c: &AccessClaims, status: &mut TokenGrantStatus) -> bool {
+        match token_unrecorded(c, self.old) {
+            None => true,
+            Some(TokenAdoption::Adopt) => {
+                record_adopted(status, c, self.old);
+                true
+            }
+            Some(TokenAdoption::Older) => false,
+        }
+    }
+
+    /// The Secret without the token keys, if the grant controls it and it holds any.
+    fn without_token(&self, data: &BTreeMap<String, String>) -> Option<DesiredSecret> {
+        let controlled = self.world.secret.as_ref().is_some_and(|s| s.controlled);
+        if !controlled || !keys::ALL.iter().any(|k| data.contains_key(*k)) {
+            return None;
+        }
+        let mut kept = data.clone();
+        for k in keys::ALL {
+            kept.remove(k);
+        }
+        Some(DesiredSecret {
+            name: self.out.secret_name.clone(),
+            data: kept,
+        })
+    }
+
+    /// The token to mint and why, when nothing blocks and one is due.
+    fn due(
+        &self,
+        unblocked: bool,
+        in_place: Option<&AccessClaims>,
+    ) -> Option<(AccessClaims, OutputDue)> {
+        let (lifetime, _) = self.timing;
+        let want =
+            desired_claims(self.grant, self.world, lifetime, self.ctx.now).filter(|_| unblocked)?;
+        let due = output_due(&want, in_place, self.old, self.timing, self.ctx.now)?;
+        Some((want, due))
+    }
+
+    /// Mints the token into the Secret's data and records it in `status`: the Secret, the
+    /// Event and the claims; `Err` says why it could not be.
+    fn issue(
+        &self,
+        data: &BTreeMap<String, String>,
+        mut claims: AccessClaims,
+        why: &str,
+        write_failed: Option<&str>,
+        renewed: bool,
+        status: &mut TokenGrantStatus,
+    ) -> Result<(DesiredSecret, Event, AccessClaims), String> {
+        let secret_name = &self.out.secret_name;
+        let key = signing_key_usable(self.world, write_failed, secret_name)?;
+        claims.jti = crypto::random_token_id();
+        let token = crypto::sign_jwt(key, TOKEN_TYPE_HEADER, &claims)
+            .map_err(|e| format!("signing failed: {e}"))?;
+        let not_after = at_unix(claims.exp);
+        let mut data = data.clone();
+        data.insert(keys::ACCESS_TOKEN.into(), token.clone());
+        data.insert(keys::TOKEN_TYPE.into(), "Bearer".into());
+        data.insert(keys::EXPIRES_AT.into(), rfc3339(not_after));
+        data.insert(keys::AUTHORIZATION.into(), format!("Bearer {token}"));
+        let revision = status.revision.unwrap_or(0) + 1;
+        status.revision = Some(revision);
+        status.last_issued = Some(to_time(self.ctx.now));
+        status.not_after = Some(to_time(not_after));
+        status.token_id = Some(claims.jti.clone());
+        let message = format!(
+            "token {} (revision {revision}) written to Secret {secret_name}, valid until {} ({why})",
+            claims.jti,
+            rfc3339(not_after)
+        );
+        let reason = if renewed {
+            reasons::RENEWED
+        } else {
+            reasons::ISSUED
+        };
+        let secret = DesiredSecret {
+            name: secret_name.clone(),
+            data,
+        };
+        Ok((secret, event(false, reason, &message), claims))
+    }
+
+    /// Records when the token in place is renewed and returns when to look again.
+    fn record_renewal(
+        &self,
+        status: &mut TokenGrantStatus,
+        in_place: Option<&AccessClaims>,
+    ) -> Option<Duration> {
+        let Some(c) = in_place else {
+            if status
                 .not_after
                 .as_ref()
-                .is_some_and(|t| unix(from_time(t)) <= now_s)
+                .is_some_and(|t| unix(from_time(t)) <= unix(self.ctx.now))
             {
                 // The recorded token expired and nothing replaced it.
                 status.renewal_time = None;
             }
+            return None;
+        };
+        let renewal = at_unix(c.exp) - self.timing.1;
+        status.renewal_time = Some(to_time(renewal));
+        let after = renewal
+            .duration_since(self.ctx.now)
+            .unwrap_or(Duration::from_secs(1));
+        Some(after.max(Duration::from_secs(1)))
+    }
+}
+
+/// Records a token found in the Secret as the one in place.
+fn record_adopted(status: &mut TokenGrantStatus, c: &AccessClaims, old: &TokenGrantStatus) {
+    status.token_id = Some(c.jti.clone());
+    status.not_after = Some(to_time(at_unix(c.exp)));
+    status.last_issued = Some(to_time(at_unix(c.iat)));
+    status.revision = Some(old.revision.unwrap_or(0) + 1);
+}
+
+fn event(warning: bool, reason: &'static str, message: &str) -> Event {
+    Event {
+        warning,
+        reason,
+        message: message.to_owned(),
+    }
+}
+
+fn issue_failed_event(why: &str, message: &str) -> Event {
+    event(
+        true,
+        reasons::ISSUE_FAILED,
+        &format!("{why}: {message}; the previous token, if any, stays in place"),
+    )
+}
+
+fn issue_failed_condition(why: &str, message: &str) -> Desired<'static> {
+    Desired {
+        type_: types::ISSUING,
+        status: ConditionStatus::False,
+        reason: reasons::ISSUE_FAILED,
+        message: format!("{why}: {message}"),
+    }
+}
+
+/// `Issuing` when nothing failed: the problem, the token in place, or a token due.
+fn issuing_condition(
+    blocker: Option<&Problem>,
+    in_place: Option<&AccessClaims>,
+    renew_before: Duration,
+) -> Desired<'static> {
+    let (status, reason, message) = match (blocker, in_place) {
+        (Some(p), _) if p.reason == reasons::PENDING => {
+            (ConditionStatus::True, reasons::PENDING, p.message.clone())
         }
-        let issuing = issuing.unwrap_or_else(|| match (&blocker, &in_place) {
-            (Some(p), _) if p.reason == reasons::PENDING => Desired {
-                type_: types::ISSUING,
-                status: ConditionStatus::True,
-                reason: reasons::PENDING,
-                message: p.message.clone(),
-            },
-            (Some(p), _) => Desired {
-                type_: types::ISSUING,
-                status: ConditionStatus::False,
-                reason: p.reason,
-                message: p.message.clone(),
-            },
-            (None, Some(c)) => Desired {
-                type_: types::ISSUING,
-                status: ConditionStatus::False,
-                reason: reasons::ISSUED,
-                message: format!(
-                    "token {} valid until {}; renewal at {}",
-                    c.jti,
-                    rfc3339(at_unix(c.exp)),
-                    rfc3339(at_unix(c.exp) - renew_before)
-                ),
-            },
-            (None, None) => Desired {
-                type_: types::ISSUING,
-                status: ConditionStatus::True,
-                reason: reasons::PENDING,
-                message: "a token is due".into(),
-            },
-        });
-        set_condition(&mut status.conditions, issuing, generation, &now_t);
-    } else {
-        // No output: nothing is issued; what a previous output left is not tracked.
-        status.conditions.retain(|c| c.type_ != types::ISSUING);
-        status.not_after = None;
-        status.renewal_time = None;
-        status.token_id = None;
+        (Some(p), _) => (ConditionStatus::False, p.reason, p.message.clone()),
+        (None, Some(c)) => (
+            ConditionStatus::False,
+            reasons::ISSUED,
+            format!(
+                "token {} valid until {}; renewal at {}",
+                c.jti,
+                rfc3339(at_unix(c.exp)),
+                rfc3339(at_unix(c.exp) - renew_before)
+            ),
+        ),
+        (None, None) => (
+            ConditionStatus::True,
+            reasons::PENDING,
+            "a token is due".into(),
+        ),
+    };
+    Desired {
+        type_: types::ISSUING,
+        status,
+        reason,
+        message,
     }
+}
 
-    if grant.spec.revoked
-        && let Some(g) = revoke.as_ref().and_then(|r| r.grant.as_ref())
-    {
-        requeue = Some(Duration::from_secs(g.until.saturating_sub(now_s).max(1)));
-    }
-
-    let ready = match &blocker {
-        Some(p) => Desired {
-            type_: types::READY,
-            status: ConditionStatus::False,
-            reason: p.reason,
-            message: p.message.clone(),
-        },
-        None if output.is_some() && !token_ok => Desired {
-            type_: types::READY,
-            status: ConditionStatus::False,
-            reason: reasons::PENDING,
-            message: "no valid token in the output Secret yet".into(),
-        },
-        None => Desired {
-            type_: types::READY,
-            status: ConditionStatus::True,
-            reason: reasons::READY,
-            message: match output {
+/// `Ready`: False with the problem, or while an output has no valid token; else True.
+fn ready_condition(
+    grant: &TokenGrant,
+    blocker: Option<&Problem>,
+    token_ok: bool,
+) -> Desired<'static> {
+    let output = grant.spec.output.as_ref();
+    let (status, reason, message) = match blocker {
+        Some(p) => (ConditionStatus::False, p.reason, p.message.clone()),
+        None if output.is_some() && !token_ok => (
+            ConditionStatus::False,
+            reasons::PENDING,
+            "no valid token in the output Secret yet".into(),
+        ),
+        None => (
+            ConditionStatus::True,
+            reasons::READY,
+            match output {
                 Some(o) => format!("a valid token is in Secret {}", o.secret_name),
                 None => format!("the subject may get tokens for {}", grant.spec.audience),
             },
-        },
+        ),
     };
-    if let Some(p) = &blocker
-        && p.reason != reasons::REVOKED
-        && p.reason != reasons::ISSUE_FAILED
-        && p.reason != reasons::PENDING
-    {
-        events.push(Event {
-            warning: true,
-            reason: p.reason,
-            message: p.message.clone(),
-        });
-    }
-    set_condition(&mut status.conditions, ready, generation, &now_t);
-    Plan {
+    Desired {
+        type_: types::READY,
         status,
-        secret,
-        revoke,
-        events,
-        requeue_after: requeue,
-        failed,
+        reason,
+        message,
     }
+}
+
+/// A Warning Event for a problem a user must fix (not revocation, a failure already reported,
+/// or waiting).
+fn blocker_event(blocker: Option<&Problem>) -> Option<Event> {
+    blocker
+        .filter(|p| {
+            p.reason != reasons::REVOKED
+                && p.reason != reasons::ISSUE_FAILED
+                && p.reason != reasons::PENDING
+        })
+        .map(|p| event(true, p.reason, &p.message))
 }
 
 #[cfg(test)]

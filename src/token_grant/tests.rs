@@ -536,3 +536,252 @@ fn the_output_token_names_its_grant_and_is_reissued_when_it_does_not() {
         plan.events
     );
 }
+
+// The named checks, each on a hand-built world.
+
+fn claims(jti: &str, iat: SystemTime, lifetime: Duration) -> AccessClaims {
+    AccessClaims {
+        iss: ISSUER.into(),
+        sub: "client-1".into(),
+        aud: "https://orders".into(),
+        exp: unix(iat) + lifetime.as_secs(),
+        iat: unix(iat),
+        nbf: unix(iat),
+        jti: jti.into(),
+        client_id: "client-1".into(),
+        scope: Some("orders:read".into()),
+        tenant: Some("acme".into()),
+        act: None,
+        grants: vec!["shop/worker-orders/grant-uid".into()],
+    }
+}
+
+/// Output Secret data holding `c` (unsigned: the checks read, never verify, it).
+fn holding(c: &AccessClaims) -> BTreeMap<String, String> {
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(c).unwrap());
+    let token = format!("e30.{payload}.sig");
+    [
+        (keys::ACCESS_TOKEN, token.clone()),
+        (keys::TOKEN_TYPE, "Bearer".into()),
+        (keys::EXPIRES_AT, rfc3339(at_unix(c.exp))),
+        (keys::AUTHORIZATION, format!("Bearer {token}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[test]
+fn check_revoked_writes_entries_once_then_keeps_the_recorded_message() {
+    let k = key();
+    let w = world(&k);
+    let mut g = grant(PLAIN);
+    let old = TokenGrantStatus::default();
+    assert_eq!(revoked(&g, &w, &old, t0()), None);
+    g.spec.revoked = true;
+    let Some(Revocation::Due {
+        revocations,
+        message,
+    }) = revoked(&g, &w, &old, t0())
+    else {
+        panic!("entries due");
+    };
+    assert_eq!(revocations.grant.unwrap().sub, "client-1");
+    assert_eq!(
+        message,
+        "revoked at 2027-01-15T08:00:00Z: tokens issued under it until then are void until 2027-01-16T08:01:00Z"
+    );
+    let mut recorded = old.clone();
+    recorded.conditions.push(crate::api::conditions::Condition {
+        type_: types::READY.into(),
+        status: ConditionStatus::False,
+        reason: reasons::REVOKED.into(),
+        message: "as recorded".into(),
+        last_transition_time: to_time(t0()),
+        observed_generation: Some(1),
+    });
+    let r = revoked(&g, &w, &recorded, t0() + MIN).unwrap();
+    assert_eq!(
+        r,
+        Revocation::Recorded {
+            message: "as recorded".into()
+        }
+    );
+    assert_eq!(r.problem(), Problem::new(reasons::REVOKED, "as recorded"));
+}
+
+#[test]
+fn check_audience_not_owned() {
+    let k = key();
+    let mut w = world(&k);
+    let g = grant(PLAIN);
+    assert_eq!(audience_not_owned(&g, &w), None);
+    w.audience_owner = Some("other/orders".into());
+    assert_eq!(
+        audience_not_owned(&g, &w),
+        Some(Problem::new(
+            reasons::AUDIENCE_NOT_OWNED,
+            "audience https://orders is claimed by other/orders, not by an account in namespace shop"
+        ))
+    );
+}
+
+#[test]
+fn check_subject_unresolved_in_order() {
+    let k = key();
+    let mut w = world(&k);
+    let (plain, output) = (grant(PLAIN), grant(OUTPUT));
+    assert_eq!(subject_unresolved(&output, &w), None);
+    let account = |client_id: Option<&str>, disabled| {
+        SubjectView::Account(AccountView {
+            client_id: client_id.map(Into::into),
+            scopes: vec![],
+            disabled,
+        })
+    };
+    let reason = |g: &TokenGrant, w: &World<'_>| subject_unresolved(g, w).map(|p| p.reason);
+    w.subject = SubjectView::Missing("gone".into());
+    assert_eq!(
+        subject_unresolved(&plain, &w),
+        Some(Problem::new(reasons::NOT_FOUND, "gone"))
+    );
+    w.subject = account(None, true);
+    assert_eq!(reason(&output, &w), Some(reasons::DISABLED));
+    w.subject = account(None, false);
+    assert_eq!(reason(&output, &w), Some(reasons::PENDING));
+    assert_eq!(
+        reason(&plain, &w),
+        None,
+        "only an output needs the client id"
+    );
+    w.subject = SubjectView::Issuer("partner-svc".into());
+    assert_eq!(reason(&output, &w), Some(reasons::INVALID_SPEC));
+    assert_eq!(reason(&plain, &w), None);
+}
+
+#[test]
+fn check_secret_conflict_only_for_an_output_secret_it_does_not_control() {
+    let k = key();
+    let mut w = world(&k);
+    let (plain, output) = (grant(PLAIN), grant(OUTPUT));
+    assert_eq!(secret_conflict(&output, &w), None);
+    w.secret = Some(ObservedSecret {
+        data: BTreeMap::new(),
+        controlled: true,
+    });
+    assert_eq!(secret_conflict(&output, &w), None);
+    w.secret.as_mut().unwrap().controlled = false;
+    assert_eq!(secret_conflict(&plain, &w), None);
+    assert_eq!(
+        secret_conflict(&output, &w),
+        Some(Problem::new(
+            reasons::SECRET_CONFLICT,
+            "Secret orders-token exists and is not controlled by this TokenGrant; it is left alone"
+        ))
+    );
+}
+
+#[test]
+fn check_token_in_place_only_from_a_controlled_secret_and_unexpired() {
+    let k = key();
+    let mut w = world(&k);
+    let c = claims("jti-1", t0(), 60 * MIN);
+    assert_eq!(token_in_place(&w, t0()), None);
+    w.secret = Some(ObservedSecret {
+        data: holding(&c),
+        controlled: true,
+    });
+    assert_eq!(token_in_place(&w, t0() + 59 * MIN), Some(c.clone()));
+    assert_eq!(token_in_place(&w, t0() + 60 * MIN), None, "expired");
+    w.secret.as_mut().unwrap().controlled = false;
+    assert_eq!(token_in_place(&w, t0()), None);
+    assert!(controlled_data(&w).is_empty());
+    // An incomplete Secret holds no token.
+    let mut partial = holding(&c);
+    partial.remove(keys::AUTHORIZATION);
+    w.secret = Some(ObservedSecret {
+        data: partial,
+        controlled: true,
+    });
+    assert_eq!(token_in_place(&w, t0()), None);
+}
+
+#[test]
+fn check_token_unrecorded_adopts_a_newer_token_and_ignores_an_older_one() {
+    let c = claims("jti-2", t0() + 10 * MIN, 60 * MIN);
+    assert_eq!(
+        token_unrecorded(&c, &TokenGrantStatus::default()),
+        Some(TokenAdoption::Adopt)
+    );
+    let mut old = TokenGrantStatus {
+        token_id: Some("jti-2".into()),
+        not_after: Some(to_time(at_unix(c.exp))),
+        ..Default::default()
+    };
+    assert_eq!(token_unrecorded(&c, &old), None, "the recorded token");
+    old.token_id = Some("jti-1".into());
+    old.last_issued = Some(to_time(t0() + 10 * MIN));
+    assert_eq!(token_unrecorded(&c, &old), Some(TokenAdoption::Adopt));
+    old.last_issued = Some(to_time(t0() + 11 * MIN));
+    assert_eq!(token_unrecorded(&c, &old), Some(TokenAdoption::Older));
+}
+
+#[test]
+fn check_desired_claims_only_for_an_account_subject() {
+    let k = key();
+    let mut w = world(&k);
+    let g = grant(OUTPUT);
+    let want = desired_claims(&g, &w, 60 * MIN, t0()).unwrap();
+    assert_eq!(want, claims("", t0(), 60 * MIN));
+    w.subject = SubjectView::Issuer("partner-svc".into());
+    assert_eq!(desired_claims(&g, &w, 60 * MIN, t0()), None);
+}
+
+#[test]
+fn check_output_due_first_issue_secret_lost_outdated_renewal() {
+    let timing = (60 * MIN, 20 * MIN);
+    let want = claims("", t0() + 10 * MIN, 60 * MIN);
+    let have = claims("jti-1", t0(), 60 * MIN);
+    let mut old = TokenGrantStatus::default();
+    let due = output_due(&want, None, &old, timing, t0());
+    assert_eq!(due, Some(OutputDue::FirstIssue));
+    assert_eq!(due.unwrap().message("s"), "first issue");
+    old.revision = Some(1);
+    let due = output_due(&want, None, &old, timing, t0());
+    assert_eq!(due, Some(OutputDue::SecretLost));
+    assert_eq!(
+        due.unwrap().message("s"),
+        "Secret s no longer holds a valid token"
+    );
+    assert_eq!(
+        output_due(&want, Some(&have), &old, timing, t0() + 39 * MIN),
+        None
+    );
+    let due = output_due(&want, Some(&have), &old, timing, t0() + 40 * MIN);
+    assert_eq!(due, Some(OutputDue::Renewal));
+    assert_eq!(due.unwrap().message("s"), "renewal due");
+    // A token naming another grant uid is outdated at once.
+    let mut other = have.clone();
+    other.grants = vec!["shop/worker-orders/other-uid".into()];
+    let due = output_due(&want, Some(&other), &old, timing, t0());
+    assert_eq!(due, Some(OutputDue::Outdated("grant id")));
+    assert_eq!(due.unwrap().message("s"), "the grant's grant id changed");
+}
+
+#[test]
+fn check_signing_key_usable() {
+    let k = key();
+    let mut w = world(&k);
+    assert_eq!(signing_key_usable(&w, None, "s").unwrap().kid(), k.kid());
+    assert_eq!(
+        signing_key_usable(&w, Some("forbidden"), "s")
+            .err()
+            .unwrap(),
+        "cannot write Secret s: forbidden"
+    );
+    w.signing_key = Err("not yet".into());
+    assert_eq!(
+        signing_key_usable(&w, None, "s").err().unwrap(),
+        "no signing key: not yet"
+    );
+}
