@@ -4,8 +4,8 @@
 //! (wrong secret, bad assertions, an oversized body, repeated parameters) — and then nothing
 //! secret may appear in what it printed (stdout and stderr, event lines included) or in the
 //! status files it keeps under `STATE_DIR/.s2s/status/`: no client secret (old or new), no
-//! private key (PEM or the JWK's `d`), no client assertion, no access token, nor a telling
-//! piece of one.
+//! private key (PEM or a private JWK member: `d`, and for RSA `p`, `q`, `dp`, `dq`, `qi`), no
+//! client assertion, no access token, nor a telling piece of one.
 
 mod support;
 
@@ -47,6 +47,13 @@ metadata: {{name: signer, namespace: team}}
 spec:
   audiences: ["https://orders.test"]
   authentication: {{privateKeyJwt: {{secretName: signer-key, algorithm: ES256}}}}
+---
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {{name: rsigner, namespace: team}}
+spec:
+  audiences: ["https://orders.test"]
+  authentication: {{privateKeyJwt: {{secretName: rsigner-key, algorithm: RS256}}}}
 ---
 apiVersion: s2s.dev/v1alpha1
 kind: ServiceAccount
@@ -255,6 +262,16 @@ async fn no_secret_reaches_the_logs_or_the_statuses() {
     s.add("signer's private key PEM", pem);
     let jwk: Value = serde_json::from_str(&signer["private_key.jwk"]).unwrap();
     s.add("signer's private JWK d", jwk["d"].as_str().unwrap());
+    // An RSA private JWK carries the whole key: none of its private members may leak.
+    let rsigner = dev.secret("team", "rsigner-key");
+    s.add("rsigner's private key PEM", &rsigner["private_key.pem"]);
+    let rsa_jwk: Value = serde_json::from_str(&rsigner["private_key.jwk"]).unwrap();
+    for member in ["d", "p", "q", "dp", "dq", "qi"] {
+        let value = rsa_jwk[member]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `{member}`"));
+        s.add(&format!("rsigner's private JWK {member}"), value);
+    }
     let signer_id = signer["client_id"].clone();
     let signer_key = ES256KeyPair::from_pem(pem)
         .unwrap()
