@@ -2,7 +2,7 @@
 //! 127.0.0.1 (real discovery, JWKS and signatures). Federated client authentication, the
 //! JWT-bearer grant, token exchange chains with nested `act` (checked with jwt-simple, not
 //! the server's JWT library), and the edges: wildcards, wrong audience, expiry, HMAC, unknown
-//! kid after the IdP rotates, IdP down, and a deleted TrustedIssuer.
+//! kid after the IdP rotates, IdP down, and a deleted TrustedIssuer; ES384 (P-384) tokens.
 
 mod support;
 
@@ -26,6 +26,12 @@ fn now() -> u64 {
 }
 
 fn issuer_yaml(issuer: &str) -> String {
+    issuer_yaml_allowing(issuer, &["RS256", "ES256"])
+}
+
+/// The TrustedIssuer `team/idp` for `issuer`, allowing `algorithms`.
+fn issuer_yaml_allowing(issuer: &str, algorithms: &[&str]) -> String {
+    let algorithms = serde_json::to_string(algorithms).unwrap();
     format!(
         r#"
 apiVersion: s2s.dev/v1alpha1
@@ -34,7 +40,7 @@ metadata: {{name: idp, namespace: team}}
 spec:
   issuer: "{issuer}"
   audiences: ["s2s"]
-  algorithms: ["RS256", "ES256"]
+  algorithms: {algorithms}
   refreshInterval: 1m
 "#
     )
@@ -144,7 +150,11 @@ struct World {
 }
 
 async fn start() -> World {
-    let idp = Idp::start().await;
+    start_with(Idp::start().await).await
+}
+
+/// A world around an IdP the test has prepared (e.g. with more keys).
+async fn start_with(idp: Idp) -> World {
     let manifests = manifests_dir(&[
         ("world.yaml", WORLD),
         ("issuer.yaml", &issuer_yaml(&idp.issuer())),
@@ -530,4 +540,47 @@ async fn an_exchange_chain_nests_act_and_delegation_needs_a_grant() {
         (400, Some("invalid_grant"))
     );
     let _ = (frontend, backend);
+}
+
+/// ES384, which the TrustedIssuer schema offers: a P-384 key in the IdP's JWKS is used, not
+/// skipped. Refused while the issuer does not allow ES384, accepted once a manifest edit
+/// (picked up live) allows it.
+#[tokio::test]
+async fn an_es384_token_authenticates_once_the_issuer_allows_es384() {
+    let idp = Idp::start().await;
+    idp.add_es384_key();
+    let w = start_with(idp).await;
+    let agent = client_id_of(&w, "team", "agent");
+    let rs256 = w
+        .idp
+        .mint(claims("system:serviceaccount:team:runner", "s2s", 600));
+    eventually(Duration::from_secs(20), "the issuer's keys", || async {
+        (federated(&w, &rs256).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let es384 = w
+        .idp
+        .mint_es384(claims("system:serviceaccount:team:runner", "s2s", 600));
+    let (status, body) = federated(&w, &es384).await;
+    assert_eq!(status, 401, "ES384 is not in the allowlist yet: {body}");
+    assert_eq!(body["error"], "invalid_client");
+
+    std::fs::write(
+        w.manifests.path().join("issuer.yaml"),
+        issuer_yaml_allowing(&w.idp.issuer(), &["RS256", "ES256", "ES384"]),
+    )
+    .unwrap();
+    let (_, body) = eventually(Duration::from_secs(30), "ES384 allowed", || async {
+        let r = federated(&w, &es384).await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    let c = verify_access_token(
+        body["access_token"].as_str().unwrap(),
+        &jwks(&w.dev.issuer).await,
+        &w.dev.issuer,
+        "https://orders.test",
+    );
+    assert_eq!(c["sub"], agent.as_str());
 }

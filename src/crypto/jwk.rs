@@ -35,7 +35,7 @@ pub struct Jwk {
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "use")]
     #[schemars(length(max = 8))]
     pub use_: Option<String>,
-    /// Curve of an `EC` or `OKP` key (`P-256`, `Ed25519`).
+    /// Curve of an `EC` or `OKP` key (`P-256`, `P-384`, `Ed25519`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub crv: Option<String>,
@@ -126,48 +126,61 @@ pub fn thumbprint(jwk: &Jwk) -> Result<String, CryptoError> {
 /// A key that verifies JWTs signed by the private half of a public JWK, and the one algorithm it
 /// may verify.
 ///
-/// Accepted: `EC` on `P-256` (`ES256`), `OKP` on `Ed25519` (`EdDSA`), `RSA` with a 2048- to
-/// 8192-bit modulus (`RS256`). Refused: any other key type (notably `oct`: a shared secret never
-/// verifies a token here), curve or size; an `alg` that disagrees with the key; a `use` other
-/// than `sig`; members that are not base64url or do not form a valid public key. Callers should
-/// pin the returned algorithm in their `Validation`, never take it from a token's header.
+/// Accepted: `EC` on `P-256` (`ES256`) or `P-384` (`ES384`), `OKP` on `Ed25519` (`EdDSA`),
+/// `RSA` with a 2048- to 8192-bit modulus (`RS256`). Refused: any other key type (notably
+/// `oct`: a shared secret never verifies a token here), curve or size; an `alg` that disagrees
+/// with the key; a `use` other than `sig`; members that are not base64url or do not form a
+/// valid public key. Callers should pin the returned algorithm in their `Validation`, never take
+/// it from a token's header.
+///
+/// `ES384` is here although the operator never generates P-384 keys: a TrustedIssuer may allow
+/// it, and an allowed algorithm whose keys were skipped would fail every token silently.
 pub fn decoding_key(jwk: &Jwk) -> Result<(DecodingKey, Algorithm), CryptoError> {
     if let Some(use_) = jwk.use_.as_deref().filter(|u| *u != "sig") {
         return Err(CryptoError::NotForSigning(use_.to_owned()));
     }
-    let alg = match jwk.kty.as_str() {
-        "EC" => expect_curve(jwk, "EC", "P-256", KeyAlgorithm::ES256)?,
-        "OKP" => expect_curve(jwk, "OKP", "Ed25519", KeyAlgorithm::EdDSA)?,
-        "RSA" => KeyAlgorithm::RS256,
+    let (alg, name) = match jwk.kty.as_str() {
+        "EC" => match jwk.crv.as_deref() {
+            Some("P-256") => (Algorithm::ES256, "ES256"),
+            Some("P-384") => (Algorithm::ES384, "ES384"),
+            other => {
+                return Err(CryptoError::UnsupportedCurve {
+                    kty: "EC",
+                    crv: other.unwrap_or_default().to_owned(),
+                });
+            }
+        },
+        "OKP" => {
+            expect_curve(jwk, "OKP", "Ed25519")?;
+            (Algorithm::EdDSA, "EdDSA")
+        }
+        "RSA" => (Algorithm::RS256, "RS256"),
         other => return Err(CryptoError::UnsupportedKeyType(other.to_owned())),
     };
-    if let Some(found) = jwk.alg.as_deref().filter(|a| *a != alg.jws_name()) {
+    if let Some(found) = jwk.alg.as_deref().filter(|a| *a != name) {
         return Err(CryptoError::AlgorithmMismatch {
-            expected: alg.jws_name(),
+            expected: name,
             found: found.to_owned(),
         });
     }
     let key = match alg {
-        KeyAlgorithm::ES256 => {
-            let (x, y) = (
-                required(jwk.x.as_deref(), "x")?,
-                required(jwk.y.as_deref(), "y")?,
-            );
-            let mut point = Vec::with_capacity(65);
-            point.push(0x04); // uncompressed SEC1 point
-            point.extend_from_slice(&decode_exact::<32>(x, "x")?);
-            point.extend_from_slice(&decode_exact::<32>(y, "y")?);
-            ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point)
-                .map_err(|_| CryptoError::InvalidPublicKey("(x, y) is not a point on P-256"))?;
-            DecodingKey::from_ec_components(x, y)
-        }
-        KeyAlgorithm::EdDSA => {
+        Algorithm::ES256 => ec_key::<32>(
+            jwk,
+            &signature::ECDSA_P256_SHA256_FIXED,
+            "(x, y) is not a point on P-256",
+        )?,
+        Algorithm::ES384 => ec_key::<48>(
+            jwk,
+            &signature::ECDSA_P384_SHA384_FIXED,
+            "(x, y) is not a point on P-384",
+        )?,
+        Algorithm::EdDSA => {
             let x = required(jwk.x.as_deref(), "x")?;
             ParsedPublicKey::new(&signature::ED25519, decode_exact::<32>(x, "x")?)
                 .map_err(|_| CryptoError::InvalidPublicKey("x is not an Ed25519 public key"))?;
             DecodingKey::from_ed_components(x)
         }
-        KeyAlgorithm::RS256 => {
+        _ => {
             let (n, e) = (
                 required(jwk.n.as_deref(), "n")?,
                 required(jwk.e.as_deref(), "e")?,
@@ -192,18 +205,33 @@ pub fn decoding_key(jwk: &Jwk) -> Result<(DecodingKey, Algorithm), CryptoError> 
     };
     // The members were decoded above, so this cannot fail in practice.
     let key = key.map_err(|_| CryptoError::InvalidPublicKey("rejected by the JWT library"))?;
-    Ok((key, alg.jwt_algorithm()))
+    Ok((key, alg))
 }
 
-/// The algorithm of an `EC` or `OKP` key whose curve must be `crv`.
-fn expect_curve(
+/// The verifying key of an `EC` JWK whose coordinates have `N` bytes, after aws-lc-rs has
+/// checked that (x, y) is a point of `verifier`'s curve: `jsonwebtoken` would take any bytes.
+fn ec_key<const N: usize>(
     jwk: &Jwk,
-    kty: &'static str,
-    crv: &str,
-    alg: KeyAlgorithm,
-) -> Result<KeyAlgorithm, CryptoError> {
+    verifier: &'static signature::EcdsaVerificationAlgorithm,
+    not_on_curve: &'static str,
+) -> Result<jsonwebtoken::errors::Result<DecodingKey>, CryptoError> {
+    let (x, y) = (
+        required(jwk.x.as_deref(), "x")?,
+        required(jwk.y.as_deref(), "y")?,
+    );
+    let mut point = Vec::with_capacity(1 + 2 * N);
+    point.push(0x04); // uncompressed SEC1 point
+    point.extend_from_slice(&decode_exact::<N>(x, "x")?);
+    point.extend_from_slice(&decode_exact::<N>(y, "y")?);
+    ParsedPublicKey::new(verifier, &point)
+        .map_err(|_| CryptoError::InvalidPublicKey(not_on_curve))?;
+    Ok(DecodingKey::from_ec_components(x, y))
+}
+
+/// Refuses an `OKP` or `EC` key whose curve is not `crv`.
+fn expect_curve(jwk: &Jwk, kty: &'static str, crv: &str) -> Result<(), CryptoError> {
     match jwk.crv.as_deref() {
-        Some(c) if c == crv => Ok(alg),
+        Some(c) if c == crv => Ok(()),
         other => Err(CryptoError::UnsupportedCurve {
             kty,
             crv: other.unwrap_or_default().to_owned(),
@@ -378,16 +406,36 @@ mod tests {
             Err(CryptoError::MalformedMember { member: "e", .. })
         ));
 
-        let p384 = Jwk {
+        let p521 = Jwk {
             kty: "EC".into(),
-            crv: Some("P-384".into()),
+            crv: Some("P-521".into()),
             x: Some("AA".into()),
             y: Some("AA".into()),
             ..Jwk::default()
         };
         assert!(matches!(
-            decoding_key(&p384),
+            decoding_key(&p521),
             Err(CryptoError::UnsupportedCurve { kty: "EC", .. })
+        ));
+        // P-384 coordinates are 48 bytes, P-256 ones are refused on that curve.
+        let p384_short = Jwk {
+            crv: Some("P-384".into()),
+            x: Some(URL_SAFE_NO_PAD.encode([1u8; 32])),
+            y: Some(URL_SAFE_NO_PAD.encode([1u8; 32])),
+            ..p521
+        };
+        assert!(matches!(
+            decoding_key(&p384_short),
+            Err(CryptoError::MalformedMember { member: "x", .. })
+        ));
+        let p384_off_curve = Jwk {
+            x: Some(URL_SAFE_NO_PAD.encode([1u8; 48])),
+            y: Some(URL_SAFE_NO_PAD.encode([1u8; 48])),
+            ..p384_short
+        };
+        assert!(matches!(
+            decoding_key(&p384_off_curve),
+            Err(CryptoError::InvalidPublicKey(_))
         ));
 
         let not_on_curve = Jwk {
@@ -421,6 +469,57 @@ mod tests {
             decoding_key(&x25519),
             Err(CryptoError::UnsupportedCurve { kty: "OKP", .. })
         ));
+    }
+
+    /// A P-384 key pair from aws-lc-rs and its public JWK (`alg` as given).
+    fn p384_key(alg: Option<&str>) -> (signature::EcdsaKeyPair, Jwk) {
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair =
+            signature::EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let (x, y) = point[1..].split_at(48);
+        let jwk = Jwk {
+            kty: "EC".into(),
+            crv: Some("P-384".into()),
+            x: Some(URL_SAFE_NO_PAD.encode(x)),
+            y: Some(URL_SAFE_NO_PAD.encode(y)),
+            alg: alg.map(str::to_owned),
+            ..Jwk::default()
+        };
+        (pair, jwk)
+    }
+
+    #[test]
+    fn decoding_key_verifies_es384_with_a_p384_key() {
+        use jsonwebtoken::{Validation, decode};
+        let (pair, jwk) = p384_key(Some("ES384"));
+        let (key, alg) = decoding_key(&jwk).unwrap();
+        assert_eq!(alg, Algorithm::ES384);
+
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"ES384","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"workload","exp":99999999999}"#)
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = pair.sign(&rng, input.as_bytes()).unwrap();
+        let jwt = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+        let mut validation = Validation::new(Algorithm::ES384);
+        validation.required_spec_claims.clear();
+        let claims = decode::<serde_json::Value>(&jwt, &key, &validation).unwrap();
+        assert_eq!(claims.claims["sub"], "workload");
+
+        // The key says what it is for: a P-384 key is never an ES256 key.
+        let (_, mislabelled) = p384_key(Some("ES256"));
+        assert!(matches!(
+            decoding_key(&mislabelled),
+            Err(CryptoError::AlgorithmMismatch {
+                expected: "ES384",
+                ..
+            })
+        ));
+        let (_, bare) = p384_key(None);
+        assert_eq!(decoding_key(&bare).unwrap().1, Algorithm::ES384);
     }
 
     #[test]

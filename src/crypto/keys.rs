@@ -44,15 +44,6 @@ impl KeyAlgorithm {
         }
     }
 
-    /// The `jsonwebtoken` algorithm that verifies this one's signatures.
-    pub(crate) fn jwt_algorithm(self) -> jsonwebtoken::Algorithm {
-        match self {
-            KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-            KeyAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-            KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-        }
-    }
-
     /// rcgen's name for this algorithm.
     fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
@@ -73,12 +64,9 @@ pub struct GeneratedKey {
     pub kid: String,
     /// The private key as an unencrypted PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
     pub private_pem: String,
-    /// The private key as a JWK: the public members plus `d` for `EC` and `OKP` keys.
-    ///
-    /// For `RSA` keys it holds the public members only (`kty`, `n`, `e`, `kid`, `alg`, `use`):
-    /// neither aws-lc-rs nor rcgen exposes the private CRT members (`d`, `p`, `q`, `dp`, `dq`,
-    /// `qi`), and reading them out of the PKCS#8 DER would mean parsing ASN.1 here. Use
-    /// [`private_pem`](Self::private_pem) for RSA keys.
+    /// The private key as a complete JWK (RFC 7518 §6.2.2, §6.3.2, RFC 8037 §2): the public
+    /// members plus `d` for `EC` and `OKP` keys, plus `d`, `p`, `q`, `dp`, `dq` and `qi` for
+    /// `RSA` keys, so that a JOSE library can sign with it as it is.
     pub private_jwk: serde_json::Value,
     /// The public key as a JWK, with `kid`, `alg` and `use: sig`; no private member.
     pub public_jwk: Jwk,
@@ -119,8 +107,14 @@ pub fn generate_key(alg: KeyAlgorithm) -> Result<GeneratedKey, CryptoError> {
             what: "JWK",
             source,
         })?;
-    if let (Some(members), Some(d)) = (private_jwk.as_object_mut(), pair.private_scalar()?) {
-        members.insert("d".to_owned(), d.into());
+    if let Some(members) = private_jwk.as_object_mut() {
+        let private = match pair.private_scalar()? {
+            Some(d) => vec![("d", d)],
+            None => rsa_private_members(generated.serialized_der())?,
+        };
+        for (name, value) in private {
+            members.insert(name.to_owned(), value.into());
+        }
     }
 
     Ok(GeneratedKey {
@@ -295,6 +289,38 @@ impl AsRef<[u8]> for RawSignature {
     }
 }
 
+/// The private members of an RSA JWK (RFC 7518 §6.3.2: `d`, `p`, `q`, `dp`, `dq`, `qi`, each a
+/// base64url unsigned integer without leading zeros), read from the key's PKCS#8 DER.
+///
+/// aws-lc-rs and rcgen do not export them, so the DER is decoded with the RustCrypto `pkcs8`
+/// and `pkcs1` parsers (ASN.1 only, no arithmetic). Multi-prime keys (which `oth` would
+/// describe) are refused; rcgen generates two-prime keys.
+fn rsa_private_members(pkcs8_der: &[u8]) -> Result<Vec<(&'static str, String)>, CryptoError> {
+    let failed = |reason| CryptoError::InvalidPrivateKey {
+        alg: KeyAlgorithm::RS256,
+        reason,
+    };
+    let info = pkcs8::PrivateKeyInfo::try_from(pkcs8_der)
+        .map_err(|_| failed("not a PKCS#8 private key"))?;
+    if info.algorithm.oid != pkcs1::ALGORITHM_OID {
+        return Err(failed("not an RSA private key"));
+    }
+    let key = pkcs1::RsaPrivateKey::try_from(info.private_key)
+        .map_err(|_| failed("not a PKCS#1 RSA private key"))?;
+    if key.other_prime_infos.is_some() {
+        return Err(failed("multi-prime RSA keys are not supported"));
+    }
+    let b64 = |n: pkcs1::UintRef<'_>| URL_SAFE_NO_PAD.encode(n.as_bytes());
+    Ok(vec![
+        ("d", b64(key.private_exponent)),
+        ("p", b64(key.prime1)),
+        ("q", b64(key.prime2)),
+        ("dp", b64(key.exponent1)),
+        ("dq", b64(key.exponent2)),
+        ("qi", b64(key.coefficient)),
+    ])
+}
+
 /// A key pair parsed by aws-lc-rs.
 enum Pair {
     Ecdsa(EcdsaKeyPair),
@@ -373,7 +399,7 @@ impl Pair {
     }
 
     /// The JWK `d` member (base64url): the P-256 private scalar or the Ed25519 seed. `None` for
-    /// RSA, whose private members aws-lc-rs does not expose.
+    /// RSA, whose private members aws-lc-rs does not expose (see [`rsa_private_members`]).
     fn private_scalar(&self) -> Result<Option<String>, CryptoError> {
         let failed = |_| CryptoError::InvalidPrivateKey {
             alg: self.algorithm(),
@@ -417,6 +443,15 @@ mod tests {
         KeyAlgorithm::EdDSA,
         KeyAlgorithm::RS256,
     ];
+
+    /// The `jsonwebtoken` algorithm that verifies `alg`'s signatures.
+    fn jwt_algorithm(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
+        match alg {
+            KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            KeyAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        }
+    }
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     struct Claims {
@@ -483,7 +518,7 @@ mod tests {
             let token = sign_jwt(&key, "at+jwt", &claims()).unwrap();
             assert_eq!(token.matches('.').count(), 2);
             let header = decode_header(&token).unwrap();
-            assert_eq!(header.alg, alg.jwt_algorithm());
+            assert_eq!(header.alg, jwt_algorithm(alg));
             assert_eq!(header.kid.as_deref(), Some(generated.kid.as_str()));
             assert_eq!(header.typ.as_deref(), Some("at+jwt"));
             let raw_header = URL_SAFE_NO_PAD
@@ -499,7 +534,7 @@ mod tests {
             );
 
             let (decoding, jwt_alg) = decoding_key(&generated.public_jwk).unwrap();
-            assert_eq!(jwt_alg, alg.jwt_algorithm());
+            assert_eq!(jwt_alg, jwt_algorithm(alg));
             let verified = decode::<Claims>(&token, &decoding, &Validation::new(jwt_alg))
                 .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
             assert_eq!(verified.claims, claims());
@@ -570,6 +605,10 @@ mod tests {
             let generated = generate_key(alg).unwrap();
             let mut private = generated.private_jwk.as_object().unwrap().clone();
             let d = private.remove("d");
+            let crt: Vec<_> = ["p", "q", "dp", "dq", "qi"]
+                .into_iter()
+                .filter_map(|m| private.remove(m))
+                .collect();
             assert_eq!(
                 serde_json::Value::Object(private),
                 serde_json::to_value(&generated.public_jwk).unwrap()
@@ -595,9 +634,39 @@ mod tests {
                     Ed25519KeyPair::from_seed_and_public_key(&d, &b64(jwk.x.as_deref().unwrap()))
                         .unwrap();
                 }
-                KeyAlgorithm::RS256 => assert!(d.is_none()),
+                KeyAlgorithm::RS256 => {
+                    // A 2048-bit key: d below n, primes and CRT values of half its size
+                    // (base64url integers without leading zeros, so maybe a byte less).
+                    // That they belong together is shown by a third-party library signing
+                    // with them in tests/private_jwk.rs.
+                    let d = b64(d.unwrap().as_str().unwrap());
+                    assert!((250..=256).contains(&d.len()), "{}", d.len());
+                    assert_ne!(d[0], 0);
+                    assert_eq!(crt.len(), 5);
+                    for member in &crt {
+                        let bytes = b64(member.as_str().unwrap());
+                        assert!((120..=128).contains(&bytes.len()), "{}", bytes.len());
+                        assert_ne!(bytes[0], 0);
+                    }
+                }
+            }
+            if alg != KeyAlgorithm::RS256 {
+                assert!(crt.is_empty(), "{alg:?}");
             }
         }
+    }
+
+    #[test]
+    fn rsa_private_members_refuse_other_keys() {
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(
+            rsa_private_members(ec.serialized_der()),
+            Err(CryptoError::InvalidPrivateKey {
+                reason: "not an RSA private key",
+                ..
+            })
+        ));
+        assert!(rsa_private_members(b"garbage").is_err());
     }
 
     #[test]
@@ -611,6 +680,8 @@ mod tests {
                 Some(body.clone()),
                 Some(body[..40].to_owned()),
                 generated.private_jwk["d"].as_str().map(str::to_owned),
+                generated.private_jwk["p"].as_str().map(str::to_owned),
+                generated.private_jwk["qi"].as_str().map(str::to_owned),
             ]
             .into_iter()
             .flatten()

@@ -911,4 +911,159 @@ mod tests {
         assert_eq!(Issuers::peek_issuer(&jwt).as_deref(), Some(ISS));
         assert_eq!(Issuers::peek_issuer("garbage"), None);
     }
+
+    /// Every algorithm the TrustedIssuer schema offers, with a compile-time check that none
+    /// is forgotten here when one is added there.
+    fn every_schema_algorithm() -> [JwsAlgorithm; 9] {
+        let all = [
+            JwsAlgorithm::RS256,
+            JwsAlgorithm::RS384,
+            JwsAlgorithm::RS512,
+            JwsAlgorithm::PS256,
+            JwsAlgorithm::PS384,
+            JwsAlgorithm::PS512,
+            JwsAlgorithm::ES256,
+            JwsAlgorithm::ES384,
+            JwsAlgorithm::EdDSA,
+        ];
+        for a in all {
+            match a {
+                JwsAlgorithm::RS256
+                | JwsAlgorithm::RS384
+                | JwsAlgorithm::RS512
+                | JwsAlgorithm::PS256
+                | JwsAlgorithm::PS384
+                | JwsAlgorithm::PS512
+                | JwsAlgorithm::ES256
+                | JwsAlgorithm::ES384
+                | JwsAlgorithm::EdDSA => {}
+            }
+        }
+        all
+    }
+
+    /// A P-384 key as an IdP would publish it, and its PKCS#8 DER, from aws-lc-rs (the
+    /// operator never generates one).
+    fn p384_key() -> (Jwk, Vec<u8>) {
+        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref();
+        let (x, y) = point[1..].split_at(48);
+        let mut jwk = Jwk {
+            kty: "EC".into(),
+            crv: Some("P-384".into()),
+            x: Some(URL_SAFE_NO_PAD.encode(x)),
+            y: Some(URL_SAFE_NO_PAD.encode(y)),
+            alg: Some("ES384".into()),
+            use_: Some("sig".into()),
+            ..Jwk::default()
+        };
+        jwk.kid = Some(crypto::thumbprint(&jwk).unwrap());
+        let der = pair.to_pkcs8v1().unwrap().as_ref().to_vec();
+        (jwk, der)
+    }
+
+    #[test]
+    fn accepts_es384_from_a_p384_key_only_when_allowed() {
+        let (jwk, der) = p384_key();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES384);
+        header.kid = jwk.kid.clone();
+        let jwt = jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_ec_der(&der),
+        )
+        .unwrap();
+        let es256 = key(KeyAlgorithm::ES256);
+        let keys = IssuerKeys {
+            keys: vec![es256.jwk.clone(), jwk.clone()],
+        };
+        assert_eq!(usable_keys(&keys.keys), (keys.keys.clone(), 0));
+
+        let mut allowed = config("ns/idp");
+        allowed.algorithms.push(JwsAlgorithm::ES384);
+        let set = Issuers::new(vec![(allowed, keys.clone())]);
+        let v = set.verify_with("ns/idp", &jwt, NOW).unwrap();
+        assert_eq!(v.sub, "workload");
+
+        // Not in the allowlist: refused although the key is there.
+        let set = Issuers::new(vec![(config("ns/idp"), keys)]);
+        assert!(matches!(
+            set.verify_with("ns/idp", &jwt, NOW),
+            Err(VerifyError::AlgorithmNotAllowed(_))
+        ));
+
+        // An ES384 header on a P-256 key's kid finds no key: curves are never mixed.
+        let mut lying = jsonwebtoken::Header::new(Algorithm::ES384);
+        lying.kid = Some(es256.signer.kid().to_owned());
+        let forged = jsonwebtoken::encode(
+            &lying,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_ec_der(&der),
+        )
+        .unwrap();
+        let mut allowed = config("ns/idp");
+        allowed.algorithms.push(JwsAlgorithm::ES384);
+        let set = Issuers::new(vec![(
+            allowed,
+            IssuerKeys {
+                keys: vec![es256.jwk.clone()],
+            },
+        )]);
+        assert!(matches!(
+            set.verify_with("ns/idp", &forged, NOW),
+            Err(VerifyError::UnknownKid { .. })
+        ));
+    }
+
+    /// No algorithm the schema accepts is silently dead: for each one there is a key type
+    /// that verifies it (RSA keys, published with or without `alg`, for the RS and PS
+    /// families).
+    #[test]
+    fn every_schema_algorithm_verifies_with_a_key_of_its_kind() {
+        let rsa = generate_key(KeyAlgorithm::RS256).unwrap();
+        let es256 = generate_key(KeyAlgorithm::ES256).unwrap();
+        let ed = generate_key(KeyAlgorithm::EdDSA).unwrap();
+        let (p384, p384_der) = p384_key();
+        for schema_alg in every_schema_algorithm() {
+            let alg = jwt_algorithm(schema_alg);
+            let (encoding, mut jwk) = match schema_alg {
+                JwsAlgorithm::ES256 => (
+                    jsonwebtoken::EncodingKey::from_ec_pem(es256.private_pem.as_bytes()).unwrap(),
+                    es256.public_jwk.clone(),
+                ),
+                JwsAlgorithm::ES384 => (
+                    jsonwebtoken::EncodingKey::from_ec_der(&p384_der),
+                    p384.clone(),
+                ),
+                JwsAlgorithm::EdDSA => (
+                    jsonwebtoken::EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap(),
+                    ed.public_jwk.clone(),
+                ),
+                _ => (
+                    jsonwebtoken::EncodingKey::from_rsa_pem(rsa.private_pem.as_bytes()).unwrap(),
+                    rsa.public_jwk.clone(),
+                ),
+            };
+            // As published with its `alg`, and without one (RSA keys then serve the family).
+            for named in [true, false] {
+                jwk.alg = named.then(|| format!("{alg:?}"));
+                let mut cfg = config("ns/idp");
+                cfg.algorithms = vec![schema_alg];
+                let set = Issuers::new(vec![(
+                    cfg,
+                    IssuerKeys {
+                        keys: vec![jwk.clone()],
+                    },
+                )]);
+                let mut header = jsonwebtoken::Header::new(alg);
+                header.kid = jwk.kid.clone();
+                let jwt = jsonwebtoken::encode(&header, &claims(), &encoding).unwrap();
+                let v = set
+                    .verify_with("ns/idp", &jwt, NOW)
+                    .unwrap_or_else(|e| panic!("{schema_alg:?} (alg named: {named}): {e}"));
+                assert_eq!(v.sub, "workload");
+            }
+        }
+    }
 }

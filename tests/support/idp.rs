@@ -1,9 +1,12 @@
 //! A test identity provider on 127.0.0.1: a real OpenID discovery document and JWKS, and
-//! JWTs signed with real keys (RS256 and ES256, through `s2s_operator::crypto`).
+//! JWTs signed with real keys (RS256 and ES256 through `s2s_operator::crypto`; ES384, which
+//! the operator never generates, straight from aws-lc-rs).
 //!
 //! ```ignore
 //! let idp = Idp::start().await;
 //! let jwt = idp.mint(json!({"sub": "ci", "aud": "api://x"}));
+//! idp.add_es384_key();   // a P-384 key joins the JWKS
+//! let jwt = idp.mint_es384(json!({"sub": "ci", "aud": "api://x"}));
 //! idp.rotate();          // fresh keys; the old ones leave the JWKS
 //! idp.set_down(true);    // every endpoint answers 503
 //! assert_eq!(idp.fetch_count(), 1);
@@ -13,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use s2s_operator::crypto::{KeyAlgorithm, SigningKey, generate_key};
+use s2s_operator::crypto::{Jwk, KeyAlgorithm, SigningKey, generate_key, thumbprint};
 use serde_json::{Value, json};
 
 /// Path of the JWKS.
@@ -29,6 +34,8 @@ struct Shared {
     issuer: String,
     /// Every key published, oldest first; the last of an algorithm signs.
     keys: Mutex<Vec<Arc<SigningKey>>>,
+    /// P-384 keys, published after `keys`; the last signs ES384 tokens.
+    es384: Mutex<Vec<Arc<Es384Key>>>,
     down: AtomicBool,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
@@ -45,6 +52,35 @@ pub struct Idp {
 impl Drop for Idp {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// An ES384 key: `SigningKey` only knows the algorithms the operator generates.
+struct Es384Key {
+    pair: EcdsaKeyPair,
+    jwk: Jwk,
+}
+
+impl Es384Key {
+    fn generate() -> Arc<Self> {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).expect("P-384 key");
+        // An uncompressed SEC1 point: 0x04 || x || y, 48 bytes each on P-384.
+        let (x, y) = pair.public_key().as_ref()[1..].split_at(48);
+        let mut jwk = Jwk {
+            kty: "EC".into(),
+            crv: Some("P-384".into()),
+            x: Some(URL_SAFE_NO_PAD.encode(x)),
+            y: Some(URL_SAFE_NO_PAD.encode(y)),
+            alg: Some("ES384".into()),
+            use_: Some("sig".into()),
+            ..Jwk::default()
+        };
+        jwk.kid = Some(thumbprint(&jwk).expect("thumbprint"));
+        Arc::new(Es384Key { pair, jwk })
+    }
+
+    fn kid(&self) -> &str {
+        self.jwk.kid.as_deref().unwrap_or_default()
     }
 }
 
@@ -71,6 +107,7 @@ impl Idp {
                 new_key(KeyAlgorithm::RS256),
                 new_key(KeyAlgorithm::ES256),
             ]),
+            es384: Mutex::new(vec![]),
             down: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
@@ -146,6 +183,32 @@ impl Idp {
         for (k, v) in header.as_object().cloned().unwrap_or_default() {
             h[k] = v;
         }
+        self.finish(h, claims, |input| key.sign(input).expect("signs"))
+    }
+
+    /// An ES384 JWT with these claims, signed by the newest P-384 key (see
+    /// [`add_es384_key`](Self::add_es384_key)). Claims as for [`mint`](Self::mint).
+    pub fn mint_es384(&self, claims: Value) -> String {
+        let key = self
+            .shared
+            .es384
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the IdP has no ES384 key: call add_es384_key first");
+        let h = json!({"alg": "ES384", "kid": key.kid(), "typ": "JWT"});
+        self.finish(h, claims, |input| {
+            key.pair
+                .sign(&SystemRandom::new(), input)
+                .expect("signs")
+                .as_ref()
+                .to_vec()
+        })
+    }
+
+    /// Fills in `iss`, `iat` and `exp` unless given, and signs `header.claims` with `sign`.
+    fn finish(&self, header: Value, claims: Value, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
         let mut c = claims;
         let t = now();
         let obj = c.as_object_mut().expect("claims are an object");
@@ -154,10 +217,10 @@ impl Idp {
         obj.entry("exp").or_insert(json!(t + 300));
         let signing_input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&h).unwrap()),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap()),
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
         );
-        let sig = key.sign(signing_input.as_bytes()).expect("signs");
+        let sig = sign(signing_input.as_bytes());
         format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 
@@ -190,11 +253,22 @@ impl Idp {
         .unwrap()
     }
 
-    /// New RS256 and ES256 keys; the old ones leave the JWKS. Returns the new RS256 kid.
+    /// New RS256 and ES256 keys (and no ES384 key); the old ones leave the JWKS. Returns the
+    /// new RS256 kid.
     pub fn rotate(&self) -> String {
         let rs = new_key(KeyAlgorithm::RS256);
         let kid = rs.kid().to_owned();
         *self.shared.keys.lock().unwrap() = vec![rs, new_key(KeyAlgorithm::ES256)];
+        self.shared.es384.lock().unwrap().clear();
+        kid
+    }
+
+    /// Publishes one more P-384 key, which signs [`mint_es384`](Self::mint_es384) tokens from
+    /// now on. Returns its kid.
+    pub fn add_es384_key(&self) -> String {
+        let k = Es384Key::generate();
+        let kid = k.kid().to_owned();
+        self.shared.es384.lock().unwrap().push(k);
         kid
     }
 
@@ -229,13 +303,21 @@ impl Idp {
 }
 
 fn jwks_of(shared: &Shared) -> Value {
-    let keys: Vec<Value> = shared
+    let mut keys: Vec<Value> = shared
         .keys
         .lock()
         .unwrap()
         .iter()
         .map(|k| serde_json::to_value(k.public_jwk()).unwrap())
         .collect();
+    keys.extend(
+        shared
+            .es384
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|k| serde_json::to_value(&k.jwk).unwrap()),
+    );
     json!({ "keys": keys })
 }
 
@@ -255,7 +337,7 @@ async fn discovery(State(shared): State<Arc<Shared>>) -> Response {
         "jwks_uri": format!("{}{JWKS_PATH}", shared.issuer),
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384"],
     }))
 }
 
