@@ -279,6 +279,26 @@ async fn active(server: &str, creds: &BTreeMap<String, String>, token: &str) -> 
     (status == 200).then(|| v["active"].as_bool()).flatten()
 }
 
+/// client_credentials authenticated by a JWT client assertion (`private_key_jwt`, or a
+/// federated token) for the orders audience: the access token, if the server gave one.
+async fn assertion_grant(token_url: &str, assertion: &str) -> Option<String> {
+    let (status, v) = post_form(
+        token_url,
+        None,
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("audience", ORDERS),
+        ],
+    )
+    .await;
+    (status == 200).then(|| v["access_token"].as_str().map(str::to_owned))?
+}
+
 const ORDERS: &str = "https://orders.example.com";
 
 /// A token for each credential type of the examples, verified with a third-party library.
@@ -323,21 +343,7 @@ async fn tokens_for_every_credential_type(op: &Operator) -> String {
                     .with_jwt_id(suffix() + &suffix()),
             )
             .unwrap();
-        let (status, v) = post_form(
-            &token_url,
-            None,
-            &[
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", &assertion),
-                ("audience", ORDERS),
-            ],
-        )
-        .await;
-        (status == 200).then(|| v["access_token"].as_str().map(str::to_owned))?
+        assertion_grant(&token_url, &assertion).await
     })
     .await;
     let claims = verify_access_token(&private_key_jwt, &keys, issuer, ORDERS);
@@ -375,21 +381,7 @@ async fn tokens_for_every_credential_type(op: &Operator) -> String {
         .unwrap()
         .token;
     let federated = eventually(WAITS.converge, "a federated token", || async {
-        let (status, v) = post_form(
-            &format!("{issuer}/oauth2/token"),
-            None,
-            &[
-                ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                ),
-                ("client_assertion", &projected),
-                ("audience", ORDERS),
-            ],
-        )
-        .await;
-        (status == 200).then(|| v["access_token"].as_str().map(str::to_owned))?
+        assertion_grant(&format!("{issuer}/oauth2/token"), &projected).await
     })
     .await;
     let accounts: Api<ServiceAccount> = Api::namespaced(cluster.admin.clone(), "shipping");
