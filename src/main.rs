@@ -48,6 +48,12 @@ enum Command {
     /// Workload sidecar: mounted credentials to cached, refreshed access tokens on loopback
     /// and in files.
     Agent(AgentArgs),
+    /// Exit 0 when URL answers 200 within 4 s, else 1: an exec probe for images without a
+    /// shell (the injected agent's startup probe asks its `/v1/ready`).
+    Probe {
+        /// A plain-HTTP URL (the agent listens on the Pod's loopback).
+        url: String,
+    },
     /// Print the CustomResourceDefinitions (the source of `crds/`).
     Crdgen {
         /// Write one file per kind into this folder instead of printing them.
@@ -189,6 +195,30 @@ struct ControllerArgs {
     /// server).
     #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
     allow_unclaimed_audiences: bool,
+    /// Keep the operator's own CA in this Secret of the operator namespace, and issue the
+    /// `--tls-certificate`s with it. Off without it.
+    #[arg(long, env = "S2S_TLS_CA_SECRET")]
+    tls_ca_secret: Option<String>,
+    /// A serving certificate to keep: `SECRET=NAME[,NAME...]` (DNS names or IP addresses),
+    /// a `kubernetes.io/tls` Secret in the operator namespace with the trust bundle in
+    /// `ca.crt` (repeatable; the env var takes a space-separated list).
+    #[arg(long = "tls-certificate", env = "S2S_TLS_CERTIFICATES", value_delimiter = ' ', requires = "tls_ca_secret")]
+    tls_certificates: Vec<s2s_operator::tls::manager::Target>,
+    /// The MutatingWebhookConfiguration whose `caBundle` the controller keeps equal to the
+    /// trust bundle.
+    #[arg(long, env = "S2S_WEBHOOK_CONFIGURATION", requires = "tls_ca_secret")]
+    webhook_configuration: Option<String>,
+    /// Life of the operator's CA (Go duration); a new one is made at 2/3 of it.
+    #[arg(long, env = "S2S_TLS_CA_LIFETIME", default_value = "8760h", value_parser = parse_duration)]
+    tls_ca_lifetime: Duration,
+    /// Life of a serving certificate (Go duration); renewed at 2/3 of it.
+    #[arg(long, env = "S2S_TLS_CERT_LIFETIME", default_value = "2160h", value_parser = parse_duration)]
+    tls_cert_lifetime: Duration,
+    /// How long a new CA is trusted before certificates from it are served, and a new
+    /// certificate is served before the old CA leaves the bundle (Go duration): longer than
+    /// kubelets take to update a mounted Secret.
+    #[arg(long, env = "S2S_TLS_PROPAGATION", default_value = "5m", value_parser = parse_duration)]
+    tls_propagation: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +235,29 @@ struct TokenServerArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "S2S_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// A `kubernetes.io/tls` Secret in the operator namespace to serve HTTPS with (what the
+    /// controller's `--tls-certificate` issues, or a cert-manager Certificate's); followed
+    /// with a watch, so a renewal needs no restart.
+    #[arg(long, env = "S2S_TLS_SECRET", conflicts_with = "tls_cert")]
+    tls_secret: Option<String>,
+    /// Serve the sidecar-injection webhook (HTTPS) on this address.
+    #[arg(long, env = "S2S_WEBHOOK_LISTEN", requires = "agent_image")]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's certificate: a `kubernetes.io/tls` Secret in the operator namespace.
+    #[arg(long, env = "S2S_WEBHOOK_TLS_SECRET")]
+    webhook_tls_secret: Option<String>,
+    /// The webhook's certificate as PEM files (instead of a Secret).
+    #[arg(long, env = "S2S_WEBHOOK_TLS_CERT", requires = "webhook_tls_key", conflicts_with = "webhook_tls_secret")]
+    webhook_tls_cert: Option<PathBuf>,
+    /// The webhook's key (PEM).
+    #[arg(long, env = "S2S_WEBHOOK_TLS_KEY", requires = "webhook_tls_cert")]
+    webhook_tls_key: Option<PathBuf>,
+    /// The image of the injected agent (the operator's own).
+    #[arg(long, env = "S2S_AGENT_IMAGE")]
+    agent_image: Option<String>,
+    /// Pull policy of the injected agent's image.
+    #[arg(long, env = "S2S_AGENT_IMAGE_PULL_POLICY")]
+    agent_image_pull_policy: Option<String>,
     /// Let TokenGrants name audiences that no ServiceAccount claims.
     #[arg(long, env = "S2S_ALLOW_UNCLAIMED_AUDIENCES")]
     allow_unclaimed_audiences: bool,
@@ -253,6 +306,13 @@ struct AgentArgs {
     /// Refresh a token after this fraction of its lifetime (±5 % jitter).
     #[arg(long, env = "S2S_AGENT_REFRESH_AT", default_value_t = agent::DEFAULT_REFRESH_AT)]
     refresh_at: f64,
+    /// The audience of a `GET /v1/token` that names none; `/v1/ready` answers 200 once a
+    /// token for it was obtained.
+    #[arg(long, env = "S2S_AGENT_AUDIENCE")]
+    audience: Option<String>,
+    /// Scopes of a `GET /v1/token` that names neither audience nor scope (repeatable).
+    #[arg(long = "scope", env = "S2S_AGENT_SCOPES", value_delimiter = ' ')]
+    scopes: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -296,6 +356,7 @@ fn main() -> ExitCode {
     let format = cli.log_format;
     let result = match cli.command {
         Command::Crdgen { output_dir } => crdgen(output_dir),
+        Command::Probe { url } => probe(&url),
         Command::Dev(args) => run_dev(args),
         Command::Agent(args) => run_agent(args),
         Command::Controller(args) => run_cluster(|client, stop| controller(client, args, stop)),
@@ -383,6 +444,18 @@ async fn controller(
         revocation_prune_every: std::time::Duration::from_secs(300),
         max_token_lifetime: args.cluster.max_token_lifetime,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
+        tls: args
+            .tls_ca_secret
+            .map(|ca_secret| s2s_operator::tls::manager::Options {
+                ca_secret,
+                targets: args.tls_certificates,
+                webhook_configuration: args.webhook_configuration,
+                policy: s2s_operator::tls::Policy {
+                    ca_lifetime: args.tls_ca_lifetime,
+                    cert_lifetime: args.tls_cert_lifetime,
+                    propagation: args.tls_propagation,
+                },
+            }),
     };
     let metrics = std::sync::Arc::new(controller::Metrics::new());
     let (leading_tx, _) = tokio::sync::watch::channel(false);
@@ -423,11 +496,50 @@ async fn token_server(
     args: TokenServerArgs,
     stop: controller::Stop,
 ) -> Result<(), String> {
+    use s2s_operator::tls::serve::Source;
+    let namespace = args.cluster.namespace();
+    let secret_source = |name: String| Source::Secret {
+        api: kube::Api::namespaced(client.clone(), &namespace),
+        name,
+    };
+    let tls = match (args.tls_cert.zip(args.tls_key), args.tls_secret) {
+        (Some((cert, key)), _) => Some(Source::Files { cert, key }),
+        (None, Some(name)) => Some(secret_source(name)),
+        (None, None) => None,
+    };
+    let webhook = match args.webhook_listen {
+        None => None,
+        Some(listen) => {
+            let tls = match (
+                args.webhook_tls_cert.zip(args.webhook_tls_key),
+                args.webhook_tls_secret,
+            ) {
+                (Some((cert, key)), _) => Source::Files { cert, key },
+                (None, Some(name)) => secret_source(name),
+                (None, None) => {
+                    return Err(
+                        "--webhook-listen needs --webhook-tls-secret or --webhook-tls-cert/--webhook-tls-key".into(),
+                    );
+                }
+            };
+            let mut config = s2s_operator::inject::Config::new(
+                args.agent_image.unwrap_or_default(),
+                format!("{}/oauth2/token", args.cluster.issuer()),
+            );
+            config.image_pull_policy = args.agent_image_pull_policy;
+            Some(token_server::WebhookOptions {
+                listen,
+                tls,
+                config,
+            })
+        }
+    };
     let options = token_server::Options {
-        namespace: args.cluster.namespace(),
+        namespace: namespace.clone(),
         issuer: args.cluster.issuer(),
         listen: args.listen,
-        tls: args.tls_cert.zip(args.tls_key),
+        tls,
+        webhook,
         max_token_lifetime: args.cluster.max_token_lifetime,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
         limits: args.limits.limits(),
@@ -494,9 +606,29 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     options.token_url = args.token_url;
     options.ca_file = args.ca_file;
     options.refresh_at = args.refresh_at;
+    options.audience = args.audience;
+    options.scopes = args.scopes;
     runtime()?
         .block_on(agent::run(options, terminated()))
         .map_err(|e| e.to_string())
+}
+
+fn probe(url: &str) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    runtime()?.block_on(async {
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .build_http::<Empty<Bytes>>();
+        match tokio::time::timeout(Duration::from_secs(4), client.get(uri)).await {
+            Ok(Ok(r)) if r.status() == 200 => Ok(()),
+            Ok(Ok(r)) => Err(format!("{url}: HTTP {}", r.status())),
+            Ok(Err(e)) => Err(format!("{url}: {e}")),
+            Err(_) => Err(format!("{url}: no answer within 4 s")),
+        }
+    })
 }
 
 fn crdgen(output_dir: Option<PathBuf>) -> Result<(), String> {

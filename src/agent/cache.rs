@@ -194,6 +194,11 @@ impl Tokens {
         }
     }
 
+    /// Whether the credentials can be read now (for readiness without a default audience).
+    pub fn credentials_readable(&self) -> Result<(), String> {
+        self.source.load().map(|_| ()).map_err(|e| e.to_string())
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

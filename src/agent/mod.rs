@@ -64,6 +64,10 @@ pub struct Options {
     pub refresh_at: f64,
     /// How long a request with no usable token keeps retrying the token endpoint.
     pub retry_for: Duration,
+    /// The audience of a `GET /v1/token` that names none, and of `/v1/ready`.
+    pub audience: Option<String>,
+    /// The scopes of a `GET /v1/token` that names neither audience nor scope.
+    pub scopes: Vec<String>,
 }
 
 impl Options {
@@ -80,6 +84,8 @@ impl Options {
             ca_file: None,
             refresh_at: DEFAULT_REFRESH_AT,
             retry_for: Duration::from_secs(5),
+            audience: None,
+            scopes: vec![],
         }
     }
 }
@@ -188,6 +194,11 @@ impl Bound {
             tokens: self.tokens,
             metrics: self.metrics,
             loopback_only: !self.options.allow_non_loopback,
+            default: self
+                .options
+                .audience
+                .clone()
+                .map(|a| Key::new(a, self.options.scopes.clone())),
         });
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(stop)
@@ -275,11 +286,14 @@ struct AppState {
     tokens: Arc<Tokens>,
     metrics: Arc<Metrics>,
     loopback_only: bool,
+    /// `--audience` and `--scope`.
+    default: Option<Key>,
 }
 
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/token", get(token))
+        .route("/v1/ready", get(ready))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
         .with_state(state)
@@ -346,14 +360,19 @@ async fn token(
             _ => {}
         }
     }
-    let Some(audience) = audience.filter(|a| !a.is_empty()) else {
-        return error(400, "invalid_request", "the audience parameter is required");
+    let key = match (audience.filter(|a| !a.is_empty()), &state.default) {
+        (Some(a), _) => Key::new(a, scopes),
+        (None, Some(d)) if scopes.is_empty() => d.clone(),
+        (None, Some(d)) => Key::new(d.audience.clone(), scopes),
+        (None, None) => {
+            return error(
+                400,
+                "invalid_request",
+                "the audience parameter is required (the agent has no --audience)",
+            );
+        }
     };
-    match state
-        .tokens
-        .get(&Key::new(audience, scopes), false, true)
-        .await
-    {
+    match state.tokens.get(&key, false, true).await {
         Ok(issued) => {
             let mut body = serde_json::json!({
                 "access_token": issued.access_token,
@@ -370,6 +389,35 @@ async fn token(
             let (status, body) = e.answer();
             json(status, body)
         }
+    }
+}
+
+/// `GET /v1/ready`: 200 once the agent can hand out a token for its default audience (or,
+/// without one, once its credentials are readable); 503 with the reason until then. The
+/// injected sidecar's startup probe, so the application never starts before the agent.
+async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.loopback_only && !loopback_host(&headers) {
+        return error(
+            403,
+            "access_denied",
+            "the agent answers only requests addressed to a loopback host",
+        );
+    }
+    let outcome = match &state.default {
+        Some(key) => state
+            .tokens
+            .get(key, false, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => state.tokens.credentials_readable().map_err(|e| e.to_string()),
+    };
+    match outcome {
+        Ok(()) => json(200, Bytes::from_static(b"{\"ready\":true}")),
+        Err(e) => json(
+            503,
+            Bytes::from(serde_json::json!({"ready": false, "reason": e}).to_string()),
+        ),
     }
 }
 

@@ -5,7 +5,8 @@
 //! Inside the lead: a kube-runtime `Controller` over ServiceAccounts that owns the Secrets
 //! it writes (watched by label), one over TrustedIssuers that reports their keys in status,
 //! one over TokenGrants that owns their output Secrets and writes their revocations, and the
-//! signing-key manager.
+//! signing-key manager, and (when asked) the manager of the operator's own CA and serving
+//! certificates.
 
 mod metrics;
 
@@ -57,6 +58,8 @@ pub struct Options {
     pub max_token_lifetime: std::time::Duration,
     /// Let TokenGrants name audiences that no ServiceAccount claims (as the token server).
     pub allow_unclaimed_audiences: bool,
+    /// The operator's own CA and serving certificates, when it issues them.
+    pub tls: Option<crate::tls::manager::Options>,
 }
 
 /// A stop signal shared by every task: `true` once shutdown began.
@@ -248,8 +251,21 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         clock.clone(),
         options.revocation_prune_every,
     );
+    let tls = match options.tls.clone() {
+        Some(tls) => futures::future::Either::Left(
+            crate::tls::manager::TlsManager::new(
+                client.clone(),
+                &options.namespace,
+                tls,
+                clock.clone(),
+                watch::channel(None).0,
+            )
+            .run(),
+        ),
+        None => futures::future::Either::Right(futures::future::ready(())),
+    };
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
-    tokio::join!(accounts_loop, issuers_loop, grants_loop, keys, revocations);
+    tokio::join!(accounts_loop, issuers_loop, grants_loop, keys, revocations, tls);
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

@@ -22,6 +22,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry `/metrics` renders (the webhook adds its metrics to it).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();

@@ -197,6 +197,9 @@ pub enum Error {
     /// Stored signing keys are unusable.
     #[error("signing keys: {0}")]
     Keys(String),
+    /// The operator's TLS material cannot be made or stored.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -225,6 +228,7 @@ impl Error {
             Self::Conflict(_) => "Conflict",
             Self::Invalid(_) => "Invalid",
             Self::Keys(_) => "SigningKeys",
+            Self::Tls(_) => "TLS",
         }
     }
 }

@@ -7,10 +7,7 @@
 //! signing keys are loaded. The keys in force are recomputed when one activates or retires,
 //! so every replica switches at the same instant.
 
-mod tls;
-
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
@@ -27,6 +24,8 @@ use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
 use crate::controller::{Stop, stopped};
 use crate::http::RevocationSink;
 use crate::http::{self, AppState};
+use crate::inject;
+use crate::tls::serve as tls;
 use crate::revocation;
 use crate::signing_keys::{self, SECRET_NAME};
 use crate::store;
@@ -43,8 +42,10 @@ pub struct Options {
     pub issuer: String,
     /// Where to listen.
     pub listen: SocketAddr,
-    /// TLS certificate chain and key (PEM files); plain HTTP without.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where the TLS certificate comes from; plain HTTP without.
+    pub tls: Option<tls::Source>,
+    /// The sidecar-injection webhook, on its own address and certificate.
+    pub webhook: Option<WebhookOptions>,
     /// Upper bound on token lifetimes.
     pub max_token_lifetime: Duration,
     /// Let grants name audiences no account claims.
@@ -55,6 +56,17 @@ pub struct Options {
     /// before closing, so load balancers and keep-alive clients move away without a lost
     /// request.
     pub shutdown_drain: Duration,
+}
+
+/// The sidecar-injection webhook's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    /// Where to listen (HTTPS only: the API server accepts nothing else).
+    pub listen: SocketAddr,
+    /// Its certificate.
+    pub tls: tls::Source,
+    /// Image, defaults.
+    pub config: inject::Config,
 }
 
 /// What can stop the token server.
@@ -88,6 +100,8 @@ struct Model {
     allow_unclaimed_audiences: bool,
     /// TrustedIssuer keys, fed from `issuers`.
     trusted: IssuerCache,
+    /// Set once every store has synced.
+    stores_ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// Runs the token server until `stop`. `bound` receives the local address once listening.
@@ -106,9 +120,19 @@ pub async fn run(
         })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     let tls = match &options.tls {
-        Some((cert, key)) => {
-            Some(tls::Reloading::new(cert.clone(), key.clone()).map_err(ServeError::Tls)?)
-        }
+        Some(source) => Some(tls::Reloading::new(source.clone()).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let webhook_listener = match &options.webhook {
+        Some(w) => Some((
+            tokio::net::TcpListener::bind(w.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: w.listen,
+                    source,
+                })?,
+            tls::Reloading::new(w.tls.clone()).map_err(ServeError::Tls)?,
+        )),
         None => None,
     };
 
@@ -211,6 +235,32 @@ pub async fn run(
         }
     };
     let key_refresh = trusted.clone().run(stopped(stop.clone()));
+    let stores_ready = tokio::sync::watch::channel(false).0;
+    let webhook = match (webhook_listener, &options.webhook) {
+        (Some((listener, tls)), Some(w)) => {
+            let hook = Arc::new(inject::server::Webhook::new(
+                accounts.clone(),
+                issuers.clone(),
+                w.config.clone(),
+                state.metrics.registry(),
+            ));
+            let mut ready = stores_ready.subscribe();
+            let stop = stop.clone();
+            futures::future::Either::Left(async move {
+                // Only once the stores are filled: an empty store would refuse every Pod as
+                // naming a missing account. `refresh_on` is the stores' one waiter (see
+                // controller::lead for why there must be only one).
+                let _ = ready.wait_for(|r| *r).await;
+                tracing::info!(addr = ?listener.local_addr().ok(), "injection webhook listening");
+                if let Err(e) =
+                    tls::serve(listener, tls, inject::server::router(hook), stopped(stop)).await
+                {
+                    tracing::error!(error = %e, "webhook server failed");
+                }
+            })
+        }
+        _ => futures::future::Either::Right(futures::future::pending::<()>()),
+    };
     let model = Model {
         accounts,
         grants,
@@ -221,6 +271,7 @@ pub async fn run(
         clock,
         allow_unclaimed_audiences: options.allow_unclaimed_audiences,
         trusted,
+        stores_ready,
     };
     let refresh = model.refresh_on(changed.clone());
 
@@ -244,7 +295,9 @@ pub async fn run(
     };
     let serve = async {
         match tls {
-            Some(tls) => tls::serve(listener, tls, router, drained).await,
+            Some(tls) => tls::serve(listener, tls, router, drained)
+                .await
+                .map_err(ServeError::Serve),
             None => axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -256,7 +309,7 @@ pub async fn run(
     };
     tokio::select! {
         r = serve => r,
-        () = async { tokio::join!(watches, refresh, forward, key_refresh); } => Ok(()),
+        () = async { tokio::join!(watches, refresh, forward, key_refresh, webhook); } => Ok(()),
     }
 }
 
@@ -284,6 +337,7 @@ impl Model {
         let _ = self.issuers.wait_until_ready().await;
         let _ = self.keys.wait_until_ready().await;
         let _ = self.revocations.wait_until_ready().await;
+        self.stores_ready.send_replace(true);
         // A lone change is applied at once (a rotated secret must verify as soon as its
         // status lands); a burst is coalesced into at most one rebuild per 50 ms, so a
         // flood of events costs O(n) per 50 ms, not per event.
