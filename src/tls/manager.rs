@@ -20,10 +20,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use super::{
-    CaAction, CaRecord, ISSUED_BY, Leaf, Policy, apply_ca, ca_action, next_check, reissue_reason,
-    tls_keys,
-};
+use super::{CaAction, CaRecord, ISSUED_BY, Leaf, Policy, next_check, plan, tls_keys};
 use crate::k8s::{self, Error, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::token::Clock;
 
@@ -178,86 +175,51 @@ impl TlsManager {
             current_leaves.push(s);
         }
 
-        let action = ca_action(now, record.as_ref(), &leaves, policy);
         if let Some(Err(e)) = &record {
             tracing::warn!(error = %e, "TLS CA unreadable: making a new one");
         }
-        let record = match apply_ca(now, &action, record.and_then(Result::ok), policy)
-            .map_err(|e| Error::Tls(e.to_string()))?
-        {
-            Some(new) => {
-                let secret = k8s::managed_secret(
-                    &self.options.ca_secret,
-                    &self.namespace,
-                    CA_COMPONENT,
-                    None,
-                    &[],
-                    &new.to_data(),
-                );
-                self.write(ca_secret.as_ref(), secret).await?;
-                match &action {
-                    CaAction::Create(reason) => tracing::info!(reason, "TLS CA created"),
-                    CaAction::Rotate => {
-                        tracing::info!("TLS CA rotated: old and new CA both trusted")
-                    }
-                    CaAction::DropPrevious => {
-                        tracing::info!("TLS CA rotation complete: previous CA no longer trusted")
-                    }
-                    CaAction::Keep => {}
+        let names: Vec<Vec<String>> = self.options.targets.iter().map(|t| t.names.clone()).collect();
+        let plan = plan(now, record, leaves, &names, policy).map_err(|e| Error::Tls(e.to_string()))?;
+        if plan.ca != CaAction::Keep {
+            let secret = k8s::managed_secret(
+                &self.options.ca_secret,
+                &self.namespace,
+                CA_COMPONENT,
+                None,
+                &[],
+                &plan.record.to_data(),
+            );
+            self.write(ca_secret.as_ref(), secret).await?;
+            match &plan.ca {
+                CaAction::Create(reason) => tracing::info!(reason, "TLS CA created"),
+                CaAction::Rotate => tracing::info!("TLS CA rotated: old and new CA both trusted"),
+                CaAction::DropPrevious => {
+                    tracing::info!("TLS CA rotation complete: the previous CA is no longer trusted")
                 }
-                new
+                CaAction::Keep => {}
             }
-            None => {
-                // `Keep` is only decided for a readable record.
-                let Some(s) = &ca_secret else {
-                    return Err(Error::Tls("CA Secret vanished".into()));
-                };
-                CaRecord::from_data(&k8s::secret_strings(s))
-                    .map_err(|e| Error::Tls(e.to_string()))?
-            }
-        };
-        let bundle = record.bundle();
-
+        }
+        let bundle = plan.record.bundle();
         for (i, t) in self.options.targets.iter().enumerate() {
             let current = current_leaves[i].as_ref();
-            let data = match reissue_reason(now, leaves[i].as_ref(), &t.names, &record, policy) {
-                Some(reason) => {
-                    let leaf = record
-                        .current
-                        .issue(&t.names, now, policy.cert_lifetime)
-                        .map_err(|e| Error::Tls(e.to_string()))?;
-                    tracing::info!(secret = %t.secret, reason, not_after = leaf.not_after, "TLS certificate issued");
-                    let issued_by = leaf.issued_by.clone();
-                    leaves[i] = Some(leaf.clone());
-                    Some((leaf.cert_pem, leaf.key_pem, issued_by))
-                }
-                None => {
-                    let held = current.map(k8s::secret_strings).unwrap_or_default();
-                    if held.get(tls_keys::CA) != Some(&bundle) {
-                        let l = leaves[i].as_ref().expect("kept leaves exist");
-                        Some((l.cert_pem.clone(), l.key_pem.clone(), l.issued_by.clone()))
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some((cert, key, issued_by)) = data {
-                let mut d = BTreeMap::new();
-                d.insert(tls_keys::CERT.to_owned(), cert);
-                d.insert(tls_keys::KEY.to_owned(), key);
-                d.insert(tls_keys::CA.to_owned(), bundle.clone());
-                let mut secret = k8s::managed_secret(
-                    &t.secret,
-                    &self.namespace,
-                    SERVING_COMPONENT,
-                    None,
-                    &[],
-                    &d,
-                );
-                secret.type_ = Some("kubernetes.io/tls".into());
-                secret.metadata.annotations = Some(BTreeMap::from([(ISSUED_BY.into(), issued_by)]));
-                self.write(current, secret).await?;
+            let leaf = &plan.leaves[i];
+            let held = current.map(k8s::secret_strings).unwrap_or_default();
+            if let Some(reason) = plan.issued[i] {
+                tracing::info!(secret = %t.secret, reason, not_after = leaf.not_after, "TLS certificate issued");
+            } else if held.get(tls_keys::CA) == Some(&bundle) {
+                continue;
             }
+            let d = BTreeMap::from([
+                (tls_keys::CERT.to_owned(), leaf.cert_pem.clone()),
+                (tls_keys::KEY.to_owned(), leaf.key_pem.clone()),
+                (tls_keys::CA.to_owned(), bundle.clone()),
+            ]);
+            let mut secret =
+                k8s::managed_secret(&t.secret, &self.namespace, SERVING_COMPONENT, None, &[], &d);
+            secret.type_ = Some("kubernetes.io/tls".into());
+            secret.metadata.annotations =
+                Some(BTreeMap::from([(ISSUED_BY.into(), leaf.issued_by.clone())]));
+            self.write(current, secret).await?;
         }
 
         if let Some(name) = &self.options.webhook_configuration {
@@ -271,7 +233,7 @@ impl TlsManager {
             changed
         });
 
-        let next = next_check(now, &record, &leaves, policy);
+        let next = next_check(now, &plan.record, &plan.leaves, policy);
         Ok(Duration::from_secs(next.saturating_sub(now).max(1)).min(RECHECK))
     }
 

@@ -328,30 +328,33 @@ pub fn ca_action(
     CaAction::Keep
 }
 
-/// Applies a CA decision.
+/// Applies a CA decision to what the Secret held.
 pub fn apply_ca(
     now: u64,
     action: &CaAction,
     record: Option<CaRecord>,
     policy: &Policy,
-) -> Result<Option<CaRecord>, TlsError> {
-    Ok(match (action, record) {
-        (CaAction::Keep, _) => None,
-        (CaAction::Create(_), _) | (_, None) => Some(CaRecord {
+) -> Result<CaRecord, TlsError> {
+    let fresh = || -> Result<CaRecord, TlsError> {
+        Ok(CaRecord {
             current: Authority::new(now, policy.ca_lifetime)?,
             previous: None,
             rotated_at: now,
-        }),
-        (CaAction::Rotate, Some(r)) => Some(CaRecord {
+        })
+    };
+    match (action, record) {
+        (CaAction::Create(_), _) | (_, None) => fresh(),
+        (CaAction::Keep, Some(r)) => Ok(r),
+        (CaAction::Rotate, Some(r)) => Ok(CaRecord {
             current: Authority::new(now, policy.ca_lifetime)?,
             previous: Some(r.current.cert_pem),
             rotated_at: now,
         }),
-        (CaAction::DropPrevious, Some(r)) => Some(CaRecord {
+        (CaAction::DropPrevious, Some(r)) => Ok(CaRecord {
             previous: None,
             ..r
         }),
-    })
+    }
 }
 
 /// Why a serving certificate must be (re-)issued, or `None`.
@@ -389,8 +392,54 @@ pub fn reissue_reason(
     None
 }
 
+/// One pass of decisions: what the CA Secret and each serving certificate should become.
+#[derive(Debug)]
+pub struct Plan {
+    /// The CA record in force after this pass.
+    pub record: CaRecord,
+    /// What happened to the CA (`Keep`: its Secret stays as it is).
+    pub ca: CaAction,
+    /// Per target: the reason a new certificate was issued, or `None` if it keeps its own.
+    pub issued: Vec<Option<&'static str>>,
+    /// Per target: the certificate it holds after this pass.
+    pub leaves: Vec<Leaf>,
+}
+
+/// Decides one pass from what the Secrets hold: `record` is `Err` for a CA Secret that
+/// cannot be read, `leaves[i]` what target `i` holds, `names[i]` the names it must carry.
+pub fn plan(
+    now: u64,
+    record: Option<Result<CaRecord, TlsError>>,
+    leaves: Vec<Option<Leaf>>,
+    names: &[Vec<String>],
+    policy: &Policy,
+) -> Result<Plan, TlsError> {
+    let ca = ca_action(now, record.as_ref(), &leaves, policy);
+    let record = apply_ca(now, &ca, record.and_then(Result::ok), policy)?;
+    let mut issued = vec![];
+    let mut held = vec![];
+    for (leaf, names) in leaves.into_iter().zip(names) {
+        match (reissue_reason(now, leaf.as_ref(), names, &record, policy), leaf) {
+            (None, Some(kept)) => {
+                held.push(kept);
+                issued.push(None);
+            }
+            (reason, _) => {
+                held.push(record.current.issue(names, now, policy.cert_lifetime)?);
+                issued.push(Some(reason.unwrap_or("Missing")));
+            }
+        }
+    }
+    Ok(Plan {
+        record,
+        ca,
+        issued,
+        leaves: held,
+    })
+}
+
 /// When something may next change, for the manager's sleep.
-pub fn next_check(now: u64, ca: &CaRecord, leaves: &[Option<Leaf>], policy: &Policy) -> u64 {
+pub fn next_check(now: u64, ca: &CaRecord, leaves: &[Leaf], policy: &Policy) -> u64 {
     let mut t = vec![
         renewal_time(ca.current.not_before, ca.current.not_after),
         ca.current.not_after,
@@ -398,7 +447,7 @@ pub fn next_check(now: u64, ca: &CaRecord, leaves: &[Option<Leaf>], policy: &Pol
     if ca.previous.is_some() {
         t.push(ca.rotated_at + policy.propagation.as_secs());
     }
-    for l in leaves.iter().flatten() {
+    for l in leaves {
         t.push(renewal_time(l.not_before, l.not_after));
         t.push(l.not_before + policy.propagation.as_secs());
         t.push(l.not_after);
