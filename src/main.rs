@@ -202,7 +202,12 @@ struct ControllerArgs {
     /// A serving certificate to keep: `SECRET=NAME[,NAME...]` (DNS names or IP addresses),
     /// a `kubernetes.io/tls` Secret in the operator namespace with the trust bundle in
     /// `ca.crt` (repeatable; the env var takes a space-separated list).
-    #[arg(long = "tls-certificate", env = "S2S_TLS_CERTIFICATES", value_delimiter = ' ', requires = "tls_ca_secret")]
+    #[arg(
+        long = "tls-certificate",
+        env = "S2S_TLS_CERTIFICATES",
+        value_delimiter = ' ',
+        requires = "tls_ca_secret"
+    )]
     tls_certificates: Vec<s2s_operator::tls::manager::Target>,
     /// The MutatingWebhookConfiguration whose `caBundle` the controller keeps equal to the
     /// trust bundle.
@@ -247,7 +252,12 @@ struct TokenServerArgs {
     #[arg(long, env = "S2S_WEBHOOK_TLS_SECRET")]
     webhook_tls_secret: Option<String>,
     /// The webhook's certificate as PEM files (instead of a Secret).
-    #[arg(long, env = "S2S_WEBHOOK_TLS_CERT", requires = "webhook_tls_key", conflicts_with = "webhook_tls_secret")]
+    #[arg(
+        long,
+        env = "S2S_WEBHOOK_TLS_CERT",
+        requires = "webhook_tls_key",
+        conflicts_with = "webhook_tls_secret"
+    )]
     webhook_tls_cert: Option<PathBuf>,
     /// The webhook's key (PEM).
     #[arg(long, env = "S2S_WEBHOOK_TLS_KEY", requires = "webhook_tls_cert")]
@@ -618,10 +628,9 @@ fn probe(url: &str) -> Result<(), String> {
     use hyper::body::Bytes;
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     runtime()?.block_on(async {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<Empty<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<Bytes>>();
         match tokio::time::timeout(Duration::from_secs(4), client.get(uri)).await {
             Ok(Ok(r)) if r.status() == 200 => Ok(()),
             Ok(Ok(r)) => Err(format!("{url}: HTTP {}", r.status())),

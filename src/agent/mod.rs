@@ -410,7 +410,10 @@ async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
             .await
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        None => state.tokens.credentials_readable().map_err(|e| e.to_string()),
+        None => state
+            .tokens
+            .credentials_readable()
+            .map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => json(200, Bytes::from_static(b"{\"ready\":true}")),

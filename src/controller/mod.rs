@@ -265,7 +265,14 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         None => futures::future::Either::Right(futures::future::ready(())),
     };
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
-    tokio::join!(accounts_loop, issuers_loop, grants_loop, keys, revocations, tls);
+    tokio::join!(
+        accounts_loop,
+        issuers_loop,
+        grants_loop,
+        keys,
+        revocations,
+        tls
+    );
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

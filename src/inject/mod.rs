@@ -125,7 +125,9 @@ pub fn mutate(
     issuers: &[&TrustedIssuer],
     config: &Config,
 ) -> Decision {
-    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotations = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
     let Some(name) = annotations
         .and_then(|a| a.get(INJECT))
         .and_then(Value::as_str)
@@ -189,16 +191,15 @@ pub fn mutate(
     let mut volumes = vec![];
     let mut agent_mounts = vec![];
     if let Some(secret) = secret {
-        args.extend([
-            "--credentials".to_owned(),
-            CREDENTIALS_PATH.to_owned(),
-        ]);
+        args.extend(["--credentials".to_owned(), CREDENTIALS_PATH.to_owned()]);
         volumes.push(json!({
             "name": CREDENTIALS_VOLUME,
             // Only the agent mounts it; 0444 because without an fsGroup the files are root's.
             "secret": {"secretName": secret, "defaultMode": 0o444},
         }));
-        agent_mounts.push(json!({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_PATH, "readOnly": true}));
+        agent_mounts.push(
+            json!({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_PATH, "readOnly": true}),
+        );
     } else if let Some(feds) = auth.and_then(|a| a.federated.as_ref()) {
         let sa = pod
             .pointer("/spec/serviceAccountName")
@@ -237,7 +238,8 @@ pub fn mutate(
                 "audience": audience, "expirationSeconds": 3600, "path": PROJECTED_VOLUME,
             }}]},
         }));
-        agent_mounts.push(json!({"name": PROJECTED_VOLUME, "mountPath": PROJECTED_DIR, "readOnly": true}));
+        agent_mounts
+            .push(json!({"name": PROJECTED_VOLUME, "mountPath": PROJECTED_DIR, "readOnly": true}));
     } else {
         return Decision::Deny(format!(
             "{INJECT}: ServiceAccount {namespace}/{name} has no clientSecret, privateKeyJwt or federated authentication, so the agent has nothing to authenticate with"
@@ -272,9 +274,7 @@ pub fn mutate(
     }
     for t in ann(TOKENS).unwrap_or_default().split_whitespace() {
         if t.parse::<crate::agent::TokenSpec>().is_err() {
-            return Decision::Deny(format!(
-                "{TOKENS}: {t:?} is not NAME=audience[,scope...]"
-            ));
+            return Decision::Deny(format!("{TOKENS}: {t:?} is not NAME=audience[,scope...]"));
         }
         args.extend(["--token".to_owned(), t.to_owned()]);
     }
@@ -285,7 +285,8 @@ pub fn mutate(
             ));
         }
     }
-    volumes.push(json!({"name": TOKENS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}));
+    volumes
+        .push(json!({"name": TOKENS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}));
     agent_mounts.push(json!({"name": TOKENS_VOLUME, "mountPath": TOKENS_PATH}));
 
     let url = format!("http://127.0.0.1:{port}");
@@ -322,7 +323,10 @@ pub fn mutate(
         "path": format!("/metadata/annotations/{}", escape(INJECTED)),
         "value": name,
     })];
-    match pod.pointer("/spec/initContainers").and_then(Value::as_array) {
+    match pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+    {
         Some(_) => ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": agent})),
         None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [agent]})),
     }
@@ -346,11 +350,19 @@ pub fn mutate(
         .filter(|(n, _)| !has_named(c, "env", n))
         .map(|(n, v)| json!({"name": n, "value": v}))
         .collect();
-        add_all(&mut ops, is_array(c, "env"), &format!("/spec/containers/{i}/env"), env);
+        add_all(
+            &mut ops,
+            is_array(c, "env"),
+            &format!("/spec/containers/{i}/env"),
+            env,
+        );
         let mounted = c
             .get("volumeMounts")
             .and_then(Value::as_array)
-            .is_some_and(|m| m.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKENS_PATH)));
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKENS_PATH))
+            });
         if !mounted {
             let mount = json!({"name": TOKENS_VOLUME, "mountPath": TOKENS_PATH, "readOnly": true});
             add_all(
@@ -389,9 +401,10 @@ fn escape(s: &str) -> String {
 }
 
 fn has_named(obj: &Value, field: &str, name: &str) -> bool {
-    obj.get(field)
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.get("name").and_then(Value::as_str) == Some(name)))
+    obj.get(field).and_then(Value::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|x| x.get("name").and_then(Value::as_str) == Some(name))
+    })
 }
 
 fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
@@ -406,7 +419,8 @@ fn has_container(pod: &Value, name: &str) -> bool {
 }
 
 fn has_volume(pod: &Value, name: &str) -> bool {
-    pod.pointer("/spec").is_some_and(|s| has_named(s, "volumes", name))
+    pod.pointer("/spec")
+        .is_some_and(|s| has_named(s, "volumes", name))
 }
 
 fn uses_port(pod: &Value, port: u16) -> bool {

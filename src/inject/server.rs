@@ -56,7 +56,9 @@ impl Webhook {
                 "s2s_webhook_admission_duration_seconds",
                 "Time to decide one admission, in the webhook.",
             )
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+            ]),
             &["outcome"],
         )
         .expect("valid metric");
@@ -74,18 +76,29 @@ impl Webhook {
     }
 
     /// The answer to one request.
-    pub fn review(&self, req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, &'static str) {
+    pub fn review(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> (AdmissionResponse, &'static str) {
         let resp = AdmissionResponse::from(req);
         if req.kind.kind != "Pod" || req.operation != Operation::Create {
             return (resp, "unchanged");
         }
-        let Some(pod) = req.object.as_ref().and_then(|o| serde_json::to_value(o).ok()) else {
+        let Some(pod) = req
+            .object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+        else {
             return (resp, "unchanged");
         };
         let namespace = req
             .namespace
             .clone()
-            .or_else(|| pod.pointer("/metadata/namespace")?.as_str().map(str::to_owned))
+            .or_else(|| {
+                pod.pointer("/metadata/namespace")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "default".into());
         let account = pod
             .pointer("/metadata/annotations")
@@ -104,9 +117,10 @@ impl Webhook {
                 (resp.deny(message), "denied")
             }
             Decision::Patch(ops, warnings) => {
-                let patch = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()));
+                let patch =
+                    serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()));
                 match patch {
                     Ok(mut r) => {
                         if !warnings.is_empty() {
@@ -116,7 +130,10 @@ impl Webhook {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot build the patch");
-                        (resp.deny(format!("s2s.dev injection failed: {e}")), "invalid")
+                        (
+                            resp.deny(format!("s2s.dev injection failed: {e}")),
+                            "invalid",
+                        )
                     }
                 }
             }
@@ -142,7 +159,10 @@ async fn inject(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
         });
     let (resp, outcome) = match parsed {
         Ok(req) => w.review(&req),
-        Err(e) => (AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")), "invalid"),
+        Err(e) => (
+            AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")),
+            "invalid",
+        ),
     };
     w.metrics.admissions.with_label_values(&[outcome]).inc();
     w.metrics

@@ -43,9 +43,7 @@ impl std::str::FromStr for Target {
 
     /// `SECRET=NAME,NAME,...`
     fn from_str(s: &str) -> Result<Self, String> {
-        let (secret, names) = s
-            .split_once('=')
-            .ok_or("expected SECRET=NAME[,NAME...]")?;
+        let (secret, names) = s.split_once('=').ok_or("expected SECRET=NAME[,NAME...]")?;
         let names: Vec<String> = names
             .split(',')
             .map(str::trim)
@@ -178,8 +176,14 @@ impl TlsManager {
         if let Some(Err(e)) = &record {
             tracing::warn!(error = %e, "TLS CA unreadable: making a new one");
         }
-        let names: Vec<Vec<String>> = self.options.targets.iter().map(|t| t.names.clone()).collect();
-        let plan = plan(now, record, leaves, &names, policy).map_err(|e| Error::Tls(e.to_string()))?;
+        let names: Vec<Vec<String>> = self
+            .options
+            .targets
+            .iter()
+            .map(|t| t.names.clone())
+            .collect();
+        let plan =
+            plan(now, record, leaves, &names, policy).map_err(|e| Error::Tls(e.to_string()))?;
         if plan.ca != CaAction::Keep {
             let secret = k8s::managed_secret(
                 &self.options.ca_secret,
@@ -265,11 +269,7 @@ impl TlsManager {
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
             .map_err(|e| Error::Tls(e.to_string()))?;
         self.webhooks
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
+            .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
             .map_err(Error::kube(format!("patch {step}")))?;
         tracing::info!(configuration = %name, "webhook caBundle updated");

@@ -419,7 +419,10 @@ pub fn plan(
     let mut issued = vec![];
     let mut held = vec![];
     for (leaf, names) in leaves.into_iter().zip(names) {
-        match (reissue_reason(now, leaf.as_ref(), names, &record, policy), leaf) {
+        match (
+            reissue_reason(now, leaf.as_ref(), names, &record, policy),
+            leaf,
+        ) {
             (None, Some(kept)) => {
                 held.push(kept);
                 issued.push(None);

@@ -95,7 +95,8 @@ impl Reloading {
         });
         if let Source::Files { cert, key } = &this.source {
             let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-            let c = config(&read(cert)?, &read(key)?).map_err(|e| format!("{}: {e}", cert.display()))?;
+            let c = config(&read(cert)?, &read(key)?)
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
             this.set(c);
         }
         Ok(this)

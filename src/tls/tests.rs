@@ -44,14 +44,23 @@ fn verifies(bundle: &str, leaf: &Leaf, name: &str, now: u64) -> Result<(), Strin
 }
 
 fn names() -> Vec<String> {
-    vec!["s2s-operator-webhook.s2s-system.svc".into(), "127.0.0.1".into()]
+    vec![
+        "s2s-operator-webhook.s2s-system.svc".into(),
+        "127.0.0.1".into(),
+    ]
 }
 
 #[test]
 fn an_issued_certificate_verifies_for_its_dns_and_ip_names_only() {
     let ca = Authority::new(T0, Duration::from_secs(3600)).unwrap();
     let leaf = ca.issue(&names(), T0, Duration::from_secs(600)).unwrap();
-    verifies(&ca.cert_pem, &leaf, "s2s-operator-webhook.s2s-system.svc", T0 + 1).unwrap();
+    verifies(
+        &ca.cert_pem,
+        &leaf,
+        "s2s-operator-webhook.s2s-system.svc",
+        T0 + 1,
+    )
+    .unwrap();
     verifies(&ca.cert_pem, &leaf, "127.0.0.1", T0 + 1).unwrap();
     assert!(verifies(&ca.cert_pem, &leaf, "other.svc", T0 + 1).is_err());
     assert!(verifies(&ca.cert_pem, &leaf, "127.0.0.1", T0 + 601).is_err());
@@ -65,7 +74,9 @@ fn an_issued_certificate_verifies_for_its_dns_and_ip_names_only() {
     let ca_read = Authority::parse(&ca.cert_pem, &ca.key_pem).unwrap();
     assert_eq!(ca_read, ca);
     // A certificate never outlives its CA.
-    let capped = ca.issue(&names(), T0 + 3500, Duration::from_secs(600)).unwrap();
+    let capped = ca
+        .issue(&names(), T0 + 3500, Duration::from_secs(600))
+        .unwrap();
     assert_eq!(capped.not_after, T0 + 3600);
 }
 
@@ -118,7 +129,10 @@ fn names_changed_or_renewal_due_reissue() {
 fn across_ca_rotations_every_lagging_client_accepts_every_lagging_server() {
     let p = policy();
     let lag = p.propagation.as_secs() - 1;
-    let names = vec![names(), vec!["s2s-operator-token-server.s2s-system.svc".into()]];
+    let names = vec![
+        names(),
+        vec!["s2s-operator-token-server.s2s-system.svc".into()],
+    ];
     let mut record: Option<CaRecord> = None;
     let mut leaves: Vec<Option<Leaf>> = vec![None, None];
     // (time, bundle, leaves) after each pass.
