@@ -336,7 +336,7 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
     replica.shutdown().await;
 
     // RBAC: every request each identity made is allowed by the chart, and every rule the
-    // chart grants was used (nothing extra), except two.
+    // chart grants was used (nothing extra), except four.
     let requests = api.requests();
     for user in ["s2s-controller", "s2s-token-server"] {
         support::rbac::check_both_ways(&requests, OP_NS, user, |verb, group, resource| {
@@ -348,6 +348,10 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
                 && [
                     ("patch", "events.k8s.io", "events"),
                     ("patch", "s2s.dev", "tokengrants"),
+                    // The operator's TLS is off here; tests/e2e_inject.rs runs it under this
+                    // RBAC on the real control plane.
+                    ("get", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+                    ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
                 ]
                 .contains(&(verb, group, resource)))
         });
