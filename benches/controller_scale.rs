@@ -132,6 +132,7 @@ async fn time_to_ready(n: usize) {
             revocation_prune_every: Duration::from_secs(300),
             max_token_lifetime: Duration::from_secs(3600),
             allow_unclaimed_audiences: false,
+            tls: None,
         },
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),

@@ -736,6 +736,7 @@ async fn run() -> bool {
             revocation_prune_every: Duration::from_secs(60),
             max_token_lifetime: Duration::from_secs(3600),
             allow_unclaimed_audiences: false,
+            tls: None,
         },
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),

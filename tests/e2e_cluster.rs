@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -19,7 +18,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use s2s_operator::api::{ServiceAccount, TokenGrant, TrustedIssuer};
 use serde_json::{Value, json};
-use support::cluster::{Cluster, Operator, logs_in, root, serial, suffix};
+use support::cluster::{Cluster, Operator, or_logs, root, serial, suffix, with_operator};
 use support::scenario::{self, Waits, client_credentials, eventually, strings};
 use support::{http, jwks, verify_access_token};
 
@@ -27,52 +26,6 @@ const WAITS: Waits = Waits {
     converge: Duration::from_secs(60),
     gc: Duration::from_secs(120),
 };
-
-/// Runs `body` with the operator installed; uninstalls (and shows the logs on failure)
-/// whatever happens.
-async fn with_operator<F, Fut>(cluster: &Cluster, body: F)
-where
-    F: FnOnce(Operator) -> Fut,
-    Fut: std::future::Future<Output = Operator> + Send + 'static,
-{
-    let op = Operator::install(cluster, &suffix()).await;
-    let release = op.release.clone();
-    let namespace = op.namespace.clone();
-    let outcome = tokio::spawn(body(op)).await;
-    match outcome {
-        Ok(op) => op.uninstall().await,
-        Err(e) => {
-            // The Operator went down with the task (its processes with it): clean up by name.
-            cluster
-                .delete_namespaces(&[namespace], Duration::from_secs(120))
-                .await;
-            let _ = cluster.kubectl_as(
-                &cluster.kubeconfig,
-                &[
-                    "delete",
-                    "clusterrole,clusterrolebinding",
-                    &format!("{release}-controller"),
-                    &format!("{release}-token-server"),
-                    "--ignore-not-found",
-                ],
-            );
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
-}
-
-/// Panics with the operator's logs appended when `check` panics.
-async fn or_logs<Fut: std::future::Future<Output = ()>>(logs: PathBuf, check: Fut) {
-    use futures::FutureExt;
-    if let Err(e) = std::panic::AssertUnwindSafe(check).catch_unwind().await {
-        let what = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default();
-        panic!("{what}\n{}", logs_in(&logs));
-    }
-}
 
 #[tokio::test]
 async fn e2e_crds_as_stored_equal_crdgen() {

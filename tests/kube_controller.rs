@@ -67,6 +67,7 @@ fn start_controller(client: Client, identity: &str, issuer: &str, policy: Policy
         revocation_prune_every: Duration::from_secs(1),
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
+        tls: None,
     };
     let task = tokio::spawn(controller::run(
         client,
@@ -100,6 +101,7 @@ async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::S
         issuer: issuer.into(),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: None,
+        webhook: None,
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
         limits: Default::default(),
@@ -350,8 +352,16 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
                     ("patch", "s2s.dev", "tokengrants"),
                     // The operator's TLS is off here; tests/e2e_inject.rs runs it under this
                     // RBAC on the real control plane.
-                    ("get", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
-                    ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+                    (
+                        "get",
+                        "admissionregistration.k8s.io",
+                        "mutatingwebhookconfigurations",
+                    ),
+                    (
+                        "patch",
+                        "admissionregistration.k8s.io",
+                        "mutatingwebhookconfigurations",
+                    ),
                 ]
                 .contains(&(verb, group, resource)))
         });

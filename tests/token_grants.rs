@@ -86,6 +86,7 @@ fn start_controller(api: &ApiServer, clock: Arc<TestClock>) -> Replica {
         revocation_prune_every: Duration::from_secs(1),
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
+        tls: None,
     };
     let task = tokio::spawn(controller::run(
         api.client_as("s2s-controller"),

@@ -323,6 +323,10 @@ pub struct Operator {
     controller: Option<Proc>,
     controller_runs: usize,
     servers: Vec<(String, Proc)>,
+    /// Appended to every `controller` command line.
+    pub controller_args: Vec<String>,
+    /// Appended to every `token-server` command line.
+    pub server_args: Vec<String>,
 }
 
 impl Operator {
@@ -355,7 +359,55 @@ impl Operator {
             controller: None,
             controller_runs: 0,
             servers: vec![],
+            controller_args: vec![],
+            server_args: vec![],
         }
+    }
+
+    /// Serves HTTPS: the issuer becomes `https://127.0.0.1:<port>`, the controller keeps the
+    /// operator CA in `<release>-ca` and issues `<release>-token-server-tls` (for 127.0.0.1)
+    /// with the given lifetimes, and token servers serve from that Secret.
+    pub fn use_operator_tls(&mut self, ca_lifetime: &str, cert_lifetime: &str, propagation: &str) {
+        self.issuer = self.issuer.replacen("http://", "https://", 1);
+        let r = &self.release;
+        self.controller_args.extend(
+            [
+                "--tls-ca-secret",
+                &format!("{r}-ca"),
+                "--tls-certificate",
+                &format!("{r}-token-server-tls=127.0.0.1,localhost"),
+                "--tls-ca-lifetime",
+                ca_lifetime,
+                "--tls-cert-lifetime",
+                cert_lifetime,
+                "--tls-propagation",
+                propagation,
+            ]
+            .map(str::to_owned),
+        );
+        self.server_args
+            .extend(["--tls-secret".to_owned(), format!("{r}-token-server-tls")]);
+    }
+
+    /// The trust bundle (`ca.crt`) of a serving-certificate Secret the controller issued.
+    pub async fn ca_bundle(&self, secret: &str) -> Option<String> {
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.cluster.admin.clone(), &self.namespace);
+        let s = api.get_opt(secret).await.ok()??;
+        let b = s.data?.get("ca.crt")?.0.clone();
+        String::from_utf8(b).ok()
+    }
+
+    /// An HTTP client for the token servers: with operator TLS, one trusting the current
+    /// trust bundle.
+    pub async fn client(&self) -> Option<reqwest::Client> {
+        if !self.issuer.starts_with("https://") {
+            return Some(http());
+        }
+        let bundle = self
+            .ca_bundle(&format!("{}-token-server-tls", self.release))
+            .await?;
+        Some(https_client(&bundle))
     }
 
     fn spawn(&self, args: &[&str], kubeconfig: &Path, log: &str) -> Proc {
@@ -378,27 +430,28 @@ impl Operator {
         self.controller_runs += 1;
         let health = format!("127.0.0.1:{}", free_port());
         let log = format!("controller-{}.log", self.controller_runs);
-        let proc = self.spawn(
-            &[
-                "controller",
-                "--namespace",
-                &self.namespace,
-                "--issuer",
-                &self.issuer,
-                "--health-listen",
-                &health,
-                // Short Lease timing: a restarted controller takes over at once (the Lease
-                // of a killed one is released by nobody).
-                "--lease-duration",
-                "4s",
-                "--lease-renew-deadline",
-                "3s",
-                "--lease-retry-period",
-                "1s",
-            ],
-            &self.controller_kubeconfig.clone(),
-            &log,
-        );
+        let mut args: Vec<String> = [
+            "controller",
+            "--namespace",
+            &self.namespace,
+            "--issuer",
+            &self.issuer,
+            "--health-listen",
+            &health,
+            // Short Lease timing: a restarted controller takes over at once (the Lease of a
+            // killed one is released by nobody).
+            "--lease-duration",
+            "4s",
+            "--lease-renew-deadline",
+            "3s",
+            "--lease-retry-period",
+            "1s",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(self.controller_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = self.spawn(&args, &self.controller_kubeconfig.clone(), &log);
         self.controller = Some(proc);
     }
 
@@ -417,27 +470,37 @@ impl Operator {
         } else {
             format!("http://127.0.0.1:{}", free_port())
         };
-        let listen = url.trim_start_matches("http://").to_owned();
+        let url = if self.issuer.starts_with("https://") {
+            url.replacen("http://", "https://", 1)
+        } else {
+            url
+        };
+        let listen = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         let log = format!("token-server-{}.log", self.servers.len() + 1);
-        let proc = self.spawn(
-            &[
-                "token-server",
-                "--namespace",
-                &self.namespace,
-                "--issuer",
-                &self.issuer,
-                "--listen",
-                &listen,
-            ],
-            &self.server_kubeconfig.clone(),
-            &log,
-        );
+        let mut args: Vec<String> = [
+            "token-server",
+            "--namespace",
+            &self.namespace,
+            "--issuer",
+            &self.issuer,
+            "--listen",
+            &listen,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(self.server_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = self.spawn(&args, &self.server_kubeconfig.clone(), &log);
         self.servers.push((url.clone(), proc));
         eventually(
             Duration::from_secs(90),
             &format!("{url}/readyz"),
             || async {
-                let r = http().get(format!("{url}/readyz")).send().await.ok()?;
+                let client = self.client().await?;
+                let r = client.get(format!("{url}/readyz")).send().await.ok()?;
                 (r.status() == 200).then_some(())
             },
         )
@@ -487,6 +550,80 @@ impl Operator {
             }
         }
     }
+}
+
+/// Runs `body` with the operator installed; uninstalls (and shows the logs on failure)
+/// whatever happens.
+pub async fn with_operator<F, Fut>(cluster: &Cluster, body: F)
+where
+    F: FnOnce(Operator) -> Fut,
+    Fut: std::future::Future<Output = Operator> + Send + 'static,
+{
+    let op = Operator::install(cluster, &suffix()).await;
+    let release = op.release.clone();
+    let namespace = op.namespace.clone();
+    let outcome = tokio::spawn(body(op)).await;
+    match outcome {
+        Ok(op) => op.uninstall().await,
+        Err(e) => {
+            // The Operator went down with the task (its processes with it): clean up by name.
+            cluster
+                .delete_namespaces(&[namespace], Duration::from_secs(120))
+                .await;
+            let _ = cluster.kubectl_as(
+                &cluster.kubeconfig,
+                &[
+                    "delete",
+                    "clusterrole,clusterrolebinding",
+                    &format!("{release}-controller"),
+                    &format!("{release}-token-server"),
+                    "--ignore-not-found",
+                ],
+            );
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// Panics with the operator's logs appended when `check` panics.
+pub async fn or_logs<Fut: std::future::Future<Output = ()>>(logs: PathBuf, check: Fut) {
+    use futures::FutureExt;
+    if let Err(e) = std::panic::AssertUnwindSafe(check).catch_unwind().await {
+        let what = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        panic!("{what}\n{}", logs_in(&logs));
+    }
+}
+
+/// A TLS client configuration trusting exactly the certificates of `bundle` (PEM), on
+/// aws-lc-rs.
+pub fn tls_client_config(bundle: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+/// An HTTP client trusting exactly the certificates of `bundle` (PEM).
+pub fn https_client(bundle: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_client_config(bundle))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// Every `*.log` file in `dir`, each under a header line.
