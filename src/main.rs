@@ -509,7 +509,7 @@ async fn token_server(
     use s2s_operator::tls::serve::Source;
     let namespace = args.cluster.namespace();
     let secret_source = |name: String| Source::Secret {
-        api: kube::Api::namespaced(client.clone(), &namespace),
+        api: Box::new(kube::Api::namespaced(client.clone(), &namespace)),
         name,
     };
     let tls = match (args.tls_cert.zip(args.tls_key), args.tls_secret) {

@@ -565,7 +565,7 @@ async fn scenario(cluster: Cluster, op: Arc<tokio::sync::Mutex<Operator>>) {
     // Until a whole rotation is through: a new CA, the certificates from it, the old CA out
     // of every bundle — and a few seconds more.
     let rotated = Instant::now();
-    let renewals = eventually(Duration::from_secs(150), "a complete CA rotation", || {
+    eventually(Duration::from_secs(150), "a complete CA rotation", || {
         let (admin, opns, release) = (admin.clone(), opns.clone(), release.clone());
         let (configs, name, before) = (configs.clone(), config_name.clone(), ca_before.clone());
         let (ss, ws) = (server_secret.clone(), webhook_secret.clone());
@@ -596,7 +596,6 @@ async fn scenario(cluster: Cluster, op: Arc<tokio::sync::Mutex<Operator>>) {
         }
     })
     .await;
-    let _ = renewals;
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::join!(admissions, tokens, persistent);

@@ -39,7 +39,7 @@ pub enum Source {
     /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`).
     Secret {
         /// The Secrets of its namespace.
-        api: Api<Secret>,
+        api: Box<Api<Secret>>,
         /// Its name.
         name: String,
     },
@@ -144,7 +144,7 @@ impl Reloading {
             }
             Source::Secret { api, name } => {
                 let stream = watcher(
-                    api,
+                    *api,
                     watcher::Config::default().fields(&format!("metadata.name={name}")),
                 )
                 .default_backoff()
