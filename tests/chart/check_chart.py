@@ -13,12 +13,13 @@ What it checks, for the default values and every documented combination:
     (strict: unknown fields fail), except ServiceMonitor, a CRD kind those schemas lack;
   * every container is hardened (non-root 65532, read-only root, no privilege escalation,
     all capabilities dropped, RuntimeDefault seccomp) and the two identities stay apart;
-  * the layout each combination promises (ports, issuer, TLS volume, HPA, PDBs, ...).
+  * the layout each combination promises (ports, issuer, TLS flags and Secrets, the
+    injection webhook and its Service, HPA, PDBs, ...).
 Once: the chart's crds/ equal the repository's crds/ byte for byte; values.yaml,
 values.schema.json and the README's configuration table list the same keys (and the
 table's defaults are values.yaml's); rbac.yaml and serviceaccounts.yaml stay renderable by
 plain string replacement, as the Rust tests render them; every flag the chart passes is one
-the README documents.
+the README documents; refused combinations fail to render.
 """
 
 from __future__ import annotations
@@ -45,16 +46,50 @@ NAMESPACE = "s2s-system"
 KUBE_VERSION = "1.33"
 # CRD kinds the Kubernetes schemas do not have; checked structurally below instead.
 UNVALIDATED_KINDS = {"ServiceMonitor"}
+# Objects without a namespace.
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+# A base64 PEM, as webhook.caBundle takes it (the content is not parsed by the chart).
+CA_BUNDLE = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+# What tls.mode=none needs alongside: the webhook is HTTPS only.
+PLAIN = {"tls": {"mode": "none"}, "webhook": {"enabled": False}}
 
 # The documented combinations (README "Configuration"), each with checks of its own.
 COMBINATIONS: dict[str, dict[str, Any]] = {
+    # tls.mode operator and the webhook, in the separate-Deployments layout.
     "defaults": {},
-    "tls": {"tokenServer": {"tls": {"secretName": "s2s-token-server-tls"}}},
-    "sidecar": {"tokenServer": {"sidecar": True}},
-    "sidecar+tls": {"tokenServer": {"sidecar": True, "tls": {"secretName": "s2s-tls"}}},
+    "tls-operator+options": {
+        "tls": {"caLifetime": "17520h", "certificateLifetime": "720h", "propagation": "10m",
+                "extraNames": ["auth.example.com", "10.0.0.5"]},
+    },
+    "tls-secret": {"tls": {"mode": "secret"}, "webhook": {"caBundle": CA_BUNDLE}},
+    "tls-secret+cainjector": {
+        "tls": {"mode": "secret"},
+        "webhook": {"annotations": {"cert-manager.io/inject-ca-from": "s2s-system/s2s-webhook"}},
+    },
+    "tls-none": PLAIN,
+    "webhook-off": {"webhook": {"enabled": False}},
+    "webhook-options": {
+        "webhook": {
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": 10,
+            "excludeNamespaces": ["kube-system", "istio-system", "s2s-system"],
+            "namespaceSelector": {
+                "matchLabels": {"s2s.dev/inject": "enabled"},
+                "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}],
+            },
+            "caBundle": CA_BUNDLE,
+            "port": 9444,
+        },
+    },
+    "sidecar": {"tokenServer": {"sidecar": True}, **PLAIN},
+    "sidecar+webhook": {"tokenServer": {"sidecar": True}},
+    "sidecar+tls-secret": {"tokenServer": {"sidecar": True}, "tls": {"mode": "secret"},
+                           "webhook": {"caBundle": CA_BUNDLE}},
+    "sidecar+webhook-off": {"tokenServer": {"sidecar": True}, "webhook": {"enabled": False}},
     "hpa": {"tokenServer": {"autoscaling": {"enabled": True, "maxReplicas": 6}}},
     "token-server-replicas": {"tokenServer": {"replicas": 3}, "controller": {"replicas": 2}},
     "network-policy": {"networkPolicy": {"enabled": True}},
+    "network-policy+tls-none": {"networkPolicy": {"enabled": True}, **PLAIN},
     "network-policy+sidecar+cidrs": {
         "tokenServer": {"sidecar": True},
         "networkPolicy": {
@@ -66,16 +101,20 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "service-monitor+tls": {
         "serviceMonitor": {"enabled": True, "tokenServerTlsConfig": {"insecureSkipVerify": True}},
-        "tokenServer": {"tls": {"secretName": "s2s-token-server-tls"}},
+        "tls": {"mode": "secret"},
+        "webhook": {"enabled": False},
     },
+    "service-monitor+tls-none": {"serviceMonitor": {"enabled": True}, **PLAIN},
     "everything": {
         "image": {"tag": "dev", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
         "issuer": "https://auth.example.com",
         "signingAlgorithm": "EdDSA",
         "allowUnclaimedAudiences": True,
+        "tls": {"mode": "secret"},
+        "webhook": {"annotations": {"cert-manager.io/inject-ca-from": "s2s-system/s2s-webhook"},
+                    "failurePolicy": "Ignore"},
         "tokenServer": {
-            "tls": {"secretName": "tls"},
             "service": {"type": "LoadBalancer", "annotations": {"a": "b"}},
             "autoscaling": {"enabled": True},
         },
@@ -88,7 +127,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "affinity": {"podAntiAffinity": {}},
     },
     "pdb-off": {"podDisruptionBudget": {"enabled": False}},
-    "text-logs": {"logFormat": "text"},
+    "text-logs": {"logFormat": "text", **PLAIN},
 }
 
 failures: list[str] = []
@@ -189,7 +228,9 @@ def arg(container: dict[str, Any], flag: str) -> str | None:
 
 def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]], notes: str) -> None:
     ts = values["tokenServer"]
-    tls = bool(ts["tls"]["secretName"])
+    mode = values["tls"]["mode"]
+    tls = mode != "none"
+    webhook = values["webhook"]["enabled"]
     sidecar = ts["sidecar"]
     deploys = by_kind(objects, "Deployment")
     ctrl = deploys.get(f"{RELEASE}-controller")
@@ -256,18 +297,101 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
         ("--allow-unclaimed-audiences" in server["args"]) == values["allowUnclaimedAudiences"],
         f"{name}: --allow-unclaimed-audiences",
     )
-    volumes = {v["name"]: v for v in server_pod["spec"]["template"]["spec"].get("volumes", [])}
-    if tls:
-        check(arg(server, "--tls-cert") == "/etc/s2s/tls/tls.crt", f"{name}: --tls-cert")
-        check(arg(server, "--tls-key") == "/etc/s2s/tls/tls.key", f"{name}: --tls-key")
-        check(
-            volumes.get("tls", {}).get("secret", {}).get("secretName") == ts["tls"]["secretName"],
-            f"{name}: TLS Secret volume",
-        )
-        check("WARNING" not in notes, f"{name}: no plain-HTTP warning with TLS")
+    # TLS comes from Secrets the token server watches; nothing is mounted.
+    for d in deploys.values():
+        pod = d["spec"]["template"]["spec"]
+        check(not pod.get("volumes"), f"{name}: {d['metadata']['name']}: no volumes")
+        for c in pod["containers"]:
+            check(not c.get("volumeMounts"), f"{name}: {c['name']}: no volume mounts")
+    for old in ("--tls-cert", "--tls-key"):
+        check(arg(server, old) is None, f"{name}: no {old} (files): TLS comes from a Secret")
+    svc_dns = f"{RELEASE}-token-server.{NAMESPACE}.svc"
+    webhook_dns = f"{RELEASE}-webhook.{NAMESPACE}.svc"
+    certificates = [a.split("=", 1)[1] for a in controller["args"] if a.startswith("--tls-certificate=")]
+    if mode == "operator":
+        check(arg(controller, "--tls-ca-secret") == f"{RELEASE}-ca", f"{name}: --tls-ca-secret")
+        want = [f"{RELEASE}-token-server-tls=" + ",".join(
+            [svc_dns, f"{svc_dns}.cluster.local", *values["tls"]["extraNames"]])]
+        if webhook:
+            want.append(f"{RELEASE}-webhook-tls={webhook_dns}")
+        check(certificates == want, f"{name}: --tls-certificate {want}, got {certificates}")
+        check(arg(controller, "--webhook-configuration") == (f"{RELEASE}-inject" if webhook else None),
+              f"{name}: --webhook-configuration iff the webhook is on")
+        for flag, key in (("--tls-ca-lifetime", "caLifetime"), ("--tls-cert-lifetime", "certificateLifetime"),
+                          ("--tls-propagation", "propagation")):
+            check(arg(controller, flag) == values["tls"][key], f"{name}: {flag} is tls.{key}")
     else:
-        check(arg(server, "--tls-cert") is None and "tls" not in volumes, f"{name}: no TLS")
+        for flag in ("--tls-ca-secret", "--webhook-configuration", "--tls-ca-lifetime"):
+            check(arg(controller, flag) is None, f"{name}: no {flag} in tls.mode {mode}")
+        check(not certificates, f"{name}: no --tls-certificate in tls.mode {mode}")
+    if tls:
+        check(arg(server, "--tls-secret") == f"{RELEASE}-token-server-tls", f"{name}: --tls-secret")
+        check("WARNING: the token server speaks plain HTTP" not in notes, f"{name}: no plain-HTTP warning")
+        if mode == "operator":
+            check("jsonpath='{.data.ca\\.crt}'" in notes and f"secret {RELEASE}-token-server-tls" in notes,
+                  f"{name}: NOTES: the CA from the token-server-tls Secret")
+    else:
+        check(arg(server, "--tls-secret") is None, f"{name}: no TLS")
         check("WARNING: the token server speaks plain HTTP" in notes, f"{name}: plain-HTTP warning")
+
+    # The webhook: served by the token server, behind <release>-webhook, registered as
+    # <release>-inject; all or nothing.
+    server_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    webhook_svc = by_kind(objects, "Service").get(f"{RELEASE}-webhook")
+    mwcs = by_kind(objects, "MutatingWebhookConfiguration")
+    if webhook:
+        wv = values["webhook"]
+        check(server_ports.get("webhook") == wv["port"], f"{name}: token server webhook port {wv['port']}")
+        check(arg(server, "--webhook-listen") == f"0.0.0.0:{wv['port']}", f"{name}: --webhook-listen")
+        check(arg(server, "--webhook-tls-secret") == f"{RELEASE}-webhook-tls", f"{name}: --webhook-tls-secret")
+        check(arg(server, "--agent-image") == server["image"], f"{name}: --agent-image is the operator image")
+        check(arg(server, "--agent-image-pull-policy") == values["image"]["pullPolicy"],
+              f"{name}: --agent-image-pull-policy")
+        check("s2s.dev/inject" in notes, f"{name}: NOTES: injection")
+        check(webhook_svc is not None, f"{name}: webhook Service")
+        if webhook_svc is not None:
+            p = webhook_svc["spec"]["ports"]
+            check(len(p) == 1 and p[0]["port"] == 443 and p[0]["targetPort"] == "webhook",
+                  f"{name}: webhook Service 443 -> webhook")
+            labels = server_pod["spec"]["template"]["metadata"]["labels"]
+            check(all(labels.get(k) == v for k, v in webhook_svc["spec"]["selector"].items()),
+                  f"{name}: webhook Service selects the token-server Pods")
+        check(set(mwcs) == {f"{RELEASE}-inject"}, f"{name}: MutatingWebhookConfiguration {RELEASE}-inject")
+        for mwc in mwcs.values():
+            hooks = mwc["webhooks"]
+            check(len(hooks) == 1 and hooks[0]["name"] == "inject.s2s.dev", f"{name}: one webhook inject.s2s.dev")
+            h = hooks[0]
+            check(h["clientConfig"].get("service") == {"name": f"{RELEASE}-webhook", "namespace": NAMESPACE,
+                                                       "path": "/inject", "port": 443},
+                  f"{name}: webhook clientConfig.service")
+            check(h["clientConfig"].get("caBundle", "") == wv["caBundle"], f"{name}: caBundle is webhook.caBundle")
+            check(h["failurePolicy"] == wv["failurePolicy"] and h["timeoutSeconds"] == wv["timeoutSeconds"],
+                  f"{name}: failurePolicy, timeoutSeconds")
+            check((h["sideEffects"], h["reinvocationPolicy"], h["matchPolicy"], h["admissionReviewVersions"])
+                  == ("None", "Never", "Equivalent", ["v1"]), f"{name}: webhook fixed fields")
+            check(h["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                  "resources": ["pods"], "scope": "Namespaced"}], f"{name}: rules: Pod CREATE")
+            check(h.get("matchConditions") == [{
+                "name": "asks-for-injection",
+                "expression": "has(object.metadata.annotations) && 's2s.dev/inject' in object.metadata.annotations",
+            }], f"{name}: matchConditions: annotated Pods only")
+            sel = h["namespaceSelector"]
+            exprs = sel.get("matchExpressions", [])
+            notin = [e for e in exprs if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"]
+            check(len(notin) == 1 and sorted(notin[0]["values"]) == sorted({NAMESPACE, *wv["excludeNamespaces"]}),
+                  f"{name}: namespaceSelector excludes the release namespace and excludeNamespaces, once each")
+            extra = wv["namespaceSelector"]
+            check(sel.get("matchLabels", {}) == extra.get("matchLabels", {}), f"{name}: namespaceSelector matchLabels")
+            check([e for e in exprs if e not in notin] == extra.get("matchExpressions", []),
+                  f"{name}: namespaceSelector matchExpressions merged")
+            for k, v in wv["annotations"].items():
+                check(mwc["metadata"].get("annotations", {}).get(k) == v, f"{name}: webhook annotation {k}")
+    else:
+        check("webhook" not in server_ports, f"{name}: no webhook port")
+        for flag in ("--webhook-listen", "--webhook-tls-secret", "--agent-image"):
+            check(arg(server, flag) is None, f"{name}: no {flag}")
+        check(webhook_svc is None, f"{name}: no webhook Service")
+        check(not mwcs, f"{name}: no MutatingWebhookConfiguration")
     check("/oauth2/token" in notes and "kubectl apply" in notes, f"{name}: NOTES: first token")
 
     # The token Service points at whichever Pods run the token server.
@@ -318,6 +442,12 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
             serves = np["metadata"]["name"].endswith("token-server") or sidecar
             if serves:
                 check(port in ingress_ports, f"{name}: {np['metadata']['name']} ingress on {port}")
+                if webhook:
+                    wp = values["webhook"]["port"]
+                    open_rules = [r for r in spec["ingress"] if not r.get("from")
+                                  and any(p["port"] == wp for p in r["ports"])]
+                    check(bool(open_rules), f"{name}: {np['metadata']['name']} webhook port {wp} open to the API server")
+            check(webhook or values["webhook"]["port"] not in ingress_ports, f"{name}: no webhook ingress")
             if np["metadata"]["name"].endswith("controller"):
                 check(8081 in ingress_ports, f"{name}: controller metrics ingress")
     else:
@@ -343,9 +473,11 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
         check(not sms, f"{name}: no ServiceMonitor")
 
     for o in objects:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in CLUSTER_KINDS:
             check(o["metadata"].get("namespace") == NAMESPACE,
                   f"{name}: {o['kind']}/{o['metadata']['name']} in the release namespace")
+        else:
+            check("namespace" not in o["metadata"], f"{name}: {o['kind']}/{o['metadata']['name']} has no namespace")
 
 
 def leaf_paths(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> set[str]:
@@ -450,12 +582,13 @@ def check_plain_templates(chart: Any, default_objects: list[dict[str, Any]]) -> 
 
 
 def check_flags_documented(objects: list[dict[str, Any]]) -> None:
+    """Every flag any combination passes (objects of all of them)."""
     readme = (ROOT / "README.md").read_text()
-    for d in by_kind(objects, "Deployment").values():
-        for c in d["spec"]["template"]["spec"]["containers"]:
-            for a in c["args"][1:]:
-                flag = a.split("=", 1)[0]
-                check(f"`{flag}`" in readme, f"{c['name']}: flag {flag} is not in the README's flag table")
+    flags = {(c["name"], a.split("=", 1)[0])
+             for d in objects if d["kind"] == "Deployment"
+             for c in d["spec"]["template"]["spec"]["containers"] for a in c["args"][1:]}
+    for container, flag in sorted(flags):
+        check(f"`{flag}`" in readme, f"{container}: flag {flag} is not in the README's flag table")
 
 
 def check_refusals(chart: Any) -> None:
@@ -472,6 +605,21 @@ def check_refusals(chart: Any) -> None:
     refused({}, "a bad duration", lambda: chart.validate_schema({"keyRotation": "30 days"}))
     refused({}, "sidecar with autoscaling", lambda: chart.render(
         {"tokenServer": {"sidecar": True, "autoscaling": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE))
+    refused({}, "a bad tls.mode", lambda: chart.validate_schema({"tls": {"mode": "cert-manager"}}))
+    refused({}, "the old tokenServer.tls", lambda: chart.validate_schema({"tokenServer": {"tls": {"secretName": "x"}}}))
+    refused({}, "a bad webhook.failurePolicy", lambda: chart.validate_schema({"webhook": {"failurePolicy": "fail"}}))
+    refused({}, "an unknown namespaceSelector key", lambda: chart.validate_schema(
+        {"webhook": {"namespaceSelector": {"matchLabel": {"a": "b"}}}}))
+    refused({}, "a webhook.caBundle that is not base64", lambda: chart.validate_schema(
+        {"webhook": {"caBundle": "-----BEGIN CERTIFICATE-----"}}))
+    refused({}, "the webhook port on the token port", lambda: chart.render(
+        {"webhook": {"port": 8443}}, name=RELEASE, namespace=NAMESPACE))
+    # The webhook is HTTPS only: tls.mode none with the webhook on must fail, and say why.
+    try:
+        chart.render({"tls": {"mode": "none"}}, name=RELEASE, namespace=NAMESPACE)
+        failures.append("not refused: tls.mode none with webhook.enabled")
+    except helm.HelmError as e:
+        check("webhook.enabled needs TLS" in str(e), f"tls.mode none + webhook: unclear message: {e}")
 
 
 def main() -> int:
@@ -485,6 +633,7 @@ def main() -> int:
         check_crds(chart)
         check_refusals(chart)
         default_objects: list[dict[str, Any]] = []
+        all_objects: list[dict[str, Any]] = []
         for name, overrides in COMBINATIONS.items():
             before = len(failures)
             report = helm.lint(CHART, overrides, strict=True, namespace=NAMESPACE)
@@ -505,6 +654,7 @@ def main() -> int:
                 continue
             if name == "defaults":
                 default_objects = objects
+            all_objects += objects
             for o in objects:
                 kube_validate(name, o)
             check_layout(name, merged(overrides, defaults), objects, notes)
@@ -512,7 +662,7 @@ def main() -> int:
             status = "ok" if len(failures) == before else "FAILED"
             print(f"{status:6} {name}: {len(objects)} objects ({', '.join(kinds)})")
         check_plain_templates(chart, default_objects)
-        check_flags_documented(default_objects)
+        check_flags_documented(all_objects)
         print(f"note: {', '.join(sorted(UNVALIDATED_KINDS))} is a CRD kind without a Kubernetes "
               "schema here; checked structurally only")
     if failures:

@@ -30,9 +30,33 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{/* "true" when the token server serves HTTPS from tokenServer.tls.secretName. */}}
+{{/* "true" when the token server serves HTTPS: tls.mode operator or secret. */}}
 {{- define "s2s.tls" -}}
-{{- if .Values.tokenServer.tls.secretName -}}true{{- end -}}
+{{- if ne .Values.tls.mode "none" -}}true{{- end -}}
+{{- end }}
+
+{{/* "true" when the controller issues the TLS Secrets (tls.mode operator). */}}
+{{- define "s2s.operatorTls" -}}
+{{- if eq .Values.tls.mode "operator" -}}true{{- end -}}
+{{- end }}
+
+{{/*
+"true" when the injection webhook runs. It needs TLS (the API server calls webhooks over
+HTTPS only): refused with tls.mode none, so the combination never renders half a webhook.
+*/}}
+{{- define "s2s.webhook" -}}
+{{- if .Values.webhook.enabled -}}
+{{- if not (include "s2s.tls" .) -}}
+{{- fail "webhook.enabled needs TLS (the API server calls webhooks over HTTPS only): set tls.mode to operator or secret, or webhook.enabled=false" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/* The names in the token server's certificate, comma-separated (tls.mode operator). */}}
+{{- define "s2s.tokenServerTlsNames" -}}
+{{- $svc := printf "%s-token-server.%s.svc" .Release.Name .Release.Namespace -}}
+{{- concat (list $svc (printf "%s.cluster.local" $svc)) .Values.tls.extraNames | join "," -}}
 {{- end }}
 
 {{/* The token server's container port: 8443 with TLS, 8080 for plain HTTP. */}}
@@ -108,6 +132,17 @@ seccompProfile:
     - --key-publish-ahead={{ .Values.keyPublishAhead }}
     - --concurrency={{ .Values.controller.concurrency }}
     - --health-listen=0.0.0.0:8081
+    {{- if include "s2s.operatorTls" . }}
+    - --tls-ca-secret={{ .Release.Name }}-ca
+    - --tls-certificate={{ .Release.Name }}-token-server-tls={{ include "s2s.tokenServerTlsNames" . }}
+    {{- if include "s2s.webhook" . }}
+    - --tls-certificate={{ .Release.Name }}-webhook-tls={{ .Release.Name }}-webhook.{{ .Release.Namespace }}.svc
+    - --webhook-configuration={{ .Release.Name }}-inject
+    {{- end }}
+    - --tls-ca-lifetime={{ .Values.tls.caLifetime }}
+    - --tls-cert-lifetime={{ .Values.tls.certificateLifetime }}
+    - --tls-propagation={{ .Values.tls.propagation }}
+    {{- end }}
   env:
     {{- include "s2s.commonEnv" . | nindent 4 }}
   ports:
@@ -136,6 +171,7 @@ seccompProfile:
 {{- $tls := include "s2s.tls" . -}}
 {{- $port := include "s2s.tokenServerPort" . -}}
 {{- $portName := include "s2s.tokenServerPortName" . -}}
+{{- $webhook := include "s2s.webhook" . -}}
 - name: token-server
   image: {{ include "s2s.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -145,8 +181,13 @@ seccompProfile:
     - --max-token-lifetime={{ .Values.maxTokenLifetime }}
     - --listen=0.0.0.0:{{ $port }}
     {{- if $tls }}
-    - --tls-cert=/etc/s2s/tls/tls.crt
-    - --tls-key=/etc/s2s/tls/tls.key
+    - --tls-secret={{ .Release.Name }}-token-server-tls
+    {{- end }}
+    {{- if $webhook }}
+    - --webhook-listen=0.0.0.0:{{ .Values.webhook.port }}
+    - --webhook-tls-secret={{ .Release.Name }}-webhook-tls
+    - --agent-image={{ include "s2s.image" . }}
+    - --agent-image-pull-policy={{ .Values.image.pullPolicy }}
     {{- end }}
     {{- if .Values.allowUnclaimedAudiences }}
     - --allow-unclaimed-audiences
@@ -157,8 +198,14 @@ seccompProfile:
     - name: {{ $portName }}
       containerPort: {{ $port }}
       protocol: TCP
+    {{- if $webhook }}
+    - name: webhook
+      containerPort: {{ .Values.webhook.port }}
+      protocol: TCP
+    {{- end }}
   # /healthz, /readyz and /metrics are served on the token port (HTTPS when TLS is on; the
-  # kubelet does not verify the certificate).
+  # kubelet does not verify the certificate). The TLS Secrets are read through the API
+  # (a watch), not mounted, so a renewed certificate is served at once.
   livenessProbe:
     httpGet:
       path: /healthz
@@ -173,12 +220,6 @@ seccompProfile:
       scheme: {{ $portName | upper }}
     periodSeconds: 5
     failureThreshold: 3
-  {{- if $tls }}
-  volumeMounts:
-    - name: tls
-      mountPath: /etc/s2s/tls
-      readOnly: true
-  {{- end }}
   securityContext:
     {{- include "s2s.containerSecurityContext" . | nindent 4 }}
   resources:
