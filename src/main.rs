@@ -310,9 +310,19 @@ struct AgentArgs {
     /// The token endpoint, when the credentials folder has no `token_url` (federated).
     #[arg(long, env = "S2S_AGENT_TOKEN_URL")]
     token_url: Option<String>,
-    /// Extra root certificates (PEM) to trust for the token endpoint (a private CA).
+    /// Extra root certificates (PEM) to trust for the token endpoint (a private CA). A
+    /// `ca.crt` in the credentials folder is trusted too, and followed as it changes.
     #[arg(long, env = "S2S_AGENT_CA_FILE", value_name = "PATH")]
     ca_file: Option<PathBuf>,
+    /// Extra root certificates as PEM text (what the injection webhook gives a federated
+    /// account's agent, which has no credentials folder).
+    #[arg(
+        long = "ca",
+        env = "S2S_AGENT_CA",
+        value_name = "PEM",
+        hide_env_values = true
+    )]
+    ca_pem: Option<String>,
     /// Refresh a token after this fraction of its lifetime (±5 % jitter).
     #[arg(long, env = "S2S_AGENT_REFRESH_AT", default_value_t = agent::DEFAULT_REFRESH_AT)]
     refresh_at: f64,
@@ -615,6 +625,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     options.projected_token = agent::projected_token_or_default(args.projected_token);
     options.token_url = args.token_url;
     options.ca_file = args.ca_file;
+    options.ca_pem = args.ca_pem;
     options.refresh_at = args.refresh_at;
     options.audience = args.audience;
     options.scopes = args.scopes;

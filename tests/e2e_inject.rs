@@ -442,14 +442,55 @@ async fn scenario(cluster: Cluster, op: Arc<tokio::sync::Mutex<Operator>>) {
         percentile(&baseline, 0.99),
     );
 
+    // The agent as a workload runs it: the credentials Secret as files, no --ca-file: it
+    // trusts the `ca.crt` the controller put there.
+    let creds_dir = tempfile::tempdir().unwrap();
+    let mount = |data: &BTreeMap<String, String>| {
+        for (k, v) in data {
+            std::fs::write(creds_dir.path().join(k), v).unwrap();
+        }
+    };
+    assert_eq!(
+        creds["ca.crt"], bundle,
+        "the credentials Secret carries the trust bundle"
+    );
+    mount(&creds);
+    let agent_port = free_port();
+    let agent_log = std::fs::File::create(op.lock().await.log_dir().join("agent.log")).unwrap();
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_s2s-operator"))
+        .args(["agent", "--credentials"])
+        .arg(creds_dir.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{agent_port}"),
+            "--audience",
+            AUDIENCE,
+        ])
+        .stderr(agent_log)
+        .spawn()
+        .unwrap();
+    let agent_url = format!("http://127.0.0.1:{agent_port}");
+    eventually(
+        Duration::from_secs(20),
+        "the agent ready (a token over HTTPS)",
+        || {
+            let url = format!("{agent_url}/v1/ready");
+            async move {
+                let r = support::http().get(url).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+
     // Across a CA rotation and certificate renewals: admissions, token requests from a client
     // that re-reads the mounted trust bundle every second (as a kubelet updates a Secret
     // volume), and one TLS connection opened before it all, used throughout.
-    let ca_before = fingerprint(
-        &secret_data(&admin, &opns, &format!("{release}-ca"))
-            .await
-            .unwrap()["ca.crt"],
-    );
+    let ca_before_pem = secret_data(&admin, &opns, &format!("{release}-ca"))
+        .await
+        .unwrap()["ca.crt"]
+        .clone();
+    let ca_before = fingerprint(&ca_before_pem);
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new([
         AtomicUsize::new(0), // admissions ok
@@ -622,6 +663,37 @@ async fn scenario(cluster: Cluster, op: Arc<tokio::sync::Mutex<Operator>>) {
         issued >= 4,
         "{issued} certificates issued: renewals happened"
     );
+
+    // The credentials Secret follows the bundle; an agent whose mounted copy is an old one
+    // cannot reach the token server for a token it has not cached — until the file is
+    // updated (as the kubelet does), without a restart.
+    let new_ca = secret_data(&admin, &opns, &format!("{release}-ca"))
+        .await
+        .unwrap()["ca.crt"]
+        .clone();
+    let updated = eventually(
+        Duration::from_secs(30),
+        "ca.crt of the credentials Secret",
+        || {
+            let (admin, ns, new_ca) = (admin.clone(), ns.clone(), new_ca.clone());
+            async move {
+                let d = secret_data(&admin, &ns, "worker-credentials").await?;
+                (d["ca.crt"].trim() == new_ca.trim()).then_some(d)
+            }
+        },
+    )
+    .await;
+    // The mounted copy holding only the CA from before the rotation, which is out of every
+    // bundle now.
+    std::fs::write(creds_dir.path().join("ca.crt"), &ca_before_pem).unwrap();
+    let fresh = format!("{agent_url}/v1/token?audience={AUDIENCE}&scope=orders:read");
+    let r = support::http().get(&fresh).send().await.unwrap();
+    assert_ne!(r.status(), 200, "the old CA alone must no longer be enough");
+    mount(&updated);
+    let r = support::http().get(&fresh).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let _ = agent.kill();
+    let _ = agent.wait();
 
     // The un-annotated Pod is what the API server makes of it without any webhook.
     configs

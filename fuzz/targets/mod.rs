@@ -410,6 +410,7 @@ pub fn manifests(data: &[u8]) {
     let m = s2s_operator::dev::parse_text(text);
     let ctx = service_account::Context {
         issuer: ISSUER,
+        ca_bundle: None,
         now: UNIX_EPOCH + Duration::from_secs(NOW),
     };
     let mut generator = FixedGenerator(0);

@@ -60,6 +60,9 @@ pub struct Options {
     pub token_url: Option<String>,
     /// Extra trusted root certificates (PEM) for the token endpoint.
     pub ca_file: Option<PathBuf>,
+    /// Extra trusted root certificates as PEM text (the injected agent of a federated
+    /// account, which has no credentials Secret with a `ca.crt`).
+    pub ca_pem: Option<String>,
     /// Fraction of a token's lifetime after which it is refreshed (0 < f < 1).
     pub refresh_at: f64,
     /// How long a request with no usable token keeps retrying the token endpoint.
@@ -82,6 +85,7 @@ impl Options {
             projected_token: None,
             token_url: None,
             ca_file: None,
+            ca_pem: None,
             refresh_at: DEFAULT_REFRESH_AT,
             retry_for: Duration::from_secs(5),
             audience: None,
@@ -214,6 +218,13 @@ impl Bound {
 pub async fn bind(options: Options) -> Result<Bound, AgentError> {
     validate(&options)?;
     let mut roots = vec![];
+    if let Some(pem) = &options.ca_pem {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.push(cert.map_err(|e| AgentError::Invalid(format!("S2S_AGENT_CA: {e}")))?);
+        }
+    }
     if let Some(path) = &options.ca_file {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
@@ -258,7 +269,13 @@ pub async fn bind(options: Options) -> Result<Bound, AgentError> {
     let metrics = Arc::new(Metrics::new());
     let tokens = Arc::new(Tokens::new(
         source,
-        Upstream::new(roots),
+        Upstream::following(
+            roots,
+            options
+                .credentials
+                .as_ref()
+                .map(|d| d.join(crate::service_account::secret::keys::CA)),
+        ),
         metrics.clone(),
         options.refresh_at,
         options.retry_for,

@@ -3,7 +3,10 @@
 //! token, an OAuth error to pass through to the application as it came, or a transient
 //! failure worth retrying.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -79,10 +82,17 @@ impl UpstreamError {
     }
 }
 
+type Http = HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// The HTTP client for token requests.
 #[derive(Clone)]
 pub struct Upstream {
-    http: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// A PEM bundle file followed across changes (`ca.crt` of the mounted credentials: the
+    /// operator's CA, which rotates).
+    bundle_file: Option<std::path::PathBuf>,
+    /// The bundle the client was built with, and the client.
+    current: Arc<ArcSwap<(Vec<u8>, Http)>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -94,10 +104,48 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// A client trusting the system's roots and `extra_roots`.
     pub fn new(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(https_connector(extra_roots));
-        Upstream { http }
+        Self::following(extra_roots, None)
+    }
+
+    /// A client trusting the system's roots, `extra_roots`, and whatever certificates
+    /// `bundle_file` holds at the time of each request (re-read every time, which costs a
+    /// small file read per token fetch; the client is rebuilt only when the file changed).
+    pub fn following(
+        extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+        bundle_file: Option<std::path::PathBuf>,
+    ) -> Self {
+        let http = build(&extra_roots, &[]);
+        Upstream {
+            extra_roots,
+            bundle_file,
+            current: Arc::new(ArcSwap::from_pointee((vec![], http))),
+        }
+    }
+
+    /// The client for the bundle file as it is now.
+    fn http(&self) -> Http {
+        let Some(path) = &self.bundle_file else {
+            return self.current.load().1.clone();
+        };
+        let now = std::fs::read(path).unwrap_or_default();
+        let held = self.current.load();
+        if held.0 == now {
+            return held.1.clone();
+        }
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        match CertificateDer::pem_slice_iter(&now).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) => {
+                let http = build(&self.extra_roots, &certs);
+                tracing::info!(file = %path.display(), certificates = certs.len(), "trusting the token server's CA bundle");
+                self.current.store(Arc::new((now, http.clone())));
+                http
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "CA bundle unreadable; keeping the last one");
+                held.1.clone()
+            }
+        }
     }
 
     /// `grant_type=client_credentials` for `audience` and `scopes`.
@@ -139,9 +187,9 @@ impl Upstream {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let http = self.http();
         let work = async {
-            let response = self
-                .http
+            let response = http
                 .request(request)
                 .await
                 .map_err(|e| UpstreamError::Unreachable(innermost(&e)))?;
@@ -178,6 +226,16 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::Unreachable(format!("no answer within {TIMEOUT:?}")))?
     }
+}
+
+fn build(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+    bundle: &[rustls::pki_types::CertificateDer<'static>],
+) -> Http {
+    let roots = extra.iter().chain(bundle).cloned().collect();
+    HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(https_connector(roots))
 }
 
 /// The innermost cause of a client error (the outer ones say only "client error").

@@ -137,6 +137,14 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
     let secrets: Api<Secret> = Api::all(client.clone());
     let controller = Controller::new(accounts, watcher::Config::default());
     let account_store = controller.store();
+    // With the operator's TLS on, every credentials Secret carries its trust bundle: accounts
+    // are reconciled only once the bundle is known (else each leader change would write every
+    // Secret twice, without and then with it), and all again whenever it changes.
+    let (bundle_tx, bundle_rx) = watch::channel(None::<String>);
+    let tls_on = options.tls.is_some();
+    let bundle_changes = futures::stream::unfold(bundle_rx.clone(), |mut rx| async move {
+        rx.changed().await.ok().map(|()| ((), rx))
+    });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         issuer: options.issuer.clone(),
@@ -151,12 +159,14 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
         clock: clock.clone(),
         failures: Mutex::new(Default::default()),
         metrics: metrics.clone(),
+        ca_bundle: bundle_rx.clone(),
     });
     let accounts_loop = controller
         .owns(
             secrets,
             watcher::Config::default().labels(&k8s::managed_selector()),
         )
+        .reconcile_all_on(bundle_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
         .run(sa_controller::reconcile, sa_controller::error_policy, ctx)
         .for_each(|r| async move {
@@ -164,6 +174,15 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let accounts_loop = {
+        let mut first = bundle_rx.clone();
+        async move {
+            if tls_on {
+                let _ = first.wait_for(Option::is_some).await;
+            }
+            accounts_loop.await;
+        }
+    };
     let issuers_ctx = Arc::new(ti_controller::Ctx {
         client: client.clone(),
         cache: IssuerCache::new(Fetcher::new(Some(client.clone())), clock.clone()),
@@ -258,7 +277,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
                 &options.namespace,
                 tls,
                 clock.clone(),
-                watch::channel(None).0,
+                bundle_tx,
             )
             .run(),
         ),

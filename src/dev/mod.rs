@@ -296,6 +296,7 @@ impl Dev {
         let claims = store::audience_claims(&world.accounts);
         let ctx = Context {
             issuer: &self.issuer,
+            ca_bundle: None,
             now,
         };
         let mut accounts = Vec::with_capacity(world.accounts.len());

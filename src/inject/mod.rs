@@ -87,6 +87,9 @@ pub struct Config {
     pub memory_request: String,
     /// Default resources.
     pub memory_limit: String,
+    /// The token server's trust bundle (PEM), given to a federated account's agent as
+    /// `S2S_AGENT_CA` (an account with a Secret finds it there as `ca.crt`).
+    pub ca_bundle: Option<String>,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             cpu_request: "10m".into(),
             memory_request: "16Mi".into(),
             memory_limit: "64Mi".into(),
+            ca_bundle: None,
         }
     }
 }
@@ -190,6 +194,7 @@ pub fn mutate(
     let mut args: Vec<String> = vec!["agent".into()];
     let mut volumes = vec![];
     let mut agent_mounts = vec![];
+    let mut agent_env = vec![];
     if let Some(secret) = secret {
         args.extend(["--credentials".to_owned(), CREDENTIALS_PATH.to_owned()]);
         volumes.push(json!({
@@ -240,6 +245,11 @@ pub fn mutate(
         }));
         agent_mounts
             .push(json!({"name": PROJECTED_VOLUME, "mountPath": PROJECTED_DIR, "readOnly": true}));
+        // A CA rotation reaches this Pod when it is re-created: the operator CA's overlap
+        // (a third of its life, four months by default) is the time to roll it.
+        if let Some(ca) = &config.ca_bundle {
+            agent_env.push(json!({"name": "S2S_AGENT_CA", "value": ca}));
+        }
     } else {
         return Decision::Deny(format!(
             "{INJECT}: ServiceAccount {namespace}/{name} has no clientSecret, privateKeyJwt or federated authentication, so the agent has nothing to authenticate with"
@@ -314,6 +324,9 @@ pub fn mutate(
         },
         "volumeMounts": agent_mounts,
     });
+    if !agent_env.is_empty() {
+        agent["env"] = json!(agent_env);
+    }
     if let Some(p) = &config.image_pull_policy {
         agent["imagePullPolicy"] = json!(p);
     }

@@ -27,6 +27,8 @@ pub struct Webhook {
     pub issuers: Store<TrustedIssuer>,
     /// Image, token URL, defaults.
     pub config: Config,
+    /// The token server's trust bundle as it is now.
+    pub ca_bundle: tokio::sync::watch::Receiver<Option<String>>,
     metrics: Metrics,
 }
 
@@ -41,6 +43,7 @@ impl Webhook {
         accounts: Store<ServiceAccount>,
         issuers: Store<TrustedIssuer>,
         config: Config,
+        ca_bundle: tokio::sync::watch::Receiver<Option<String>>,
         registry: &Registry,
     ) -> Self {
         let admissions = IntCounterVec::new(
@@ -68,6 +71,7 @@ impl Webhook {
             accounts,
             issuers,
             config,
+            ca_bundle,
             metrics: Metrics {
                 admissions,
                 seconds,
@@ -110,7 +114,19 @@ impl Webhook {
             });
         let issuers = self.issuers.state();
         let issuers: Vec<&TrustedIssuer> = issuers.iter().map(AsRef::as_ref).collect();
-        match mutate(&pod, &namespace, account.as_deref(), &issuers, &self.config) {
+        let bundle = self.ca_bundle.borrow().clone();
+        let with_bundle;
+        let config = match bundle {
+            Some(b) if self.config.ca_bundle.is_none() => {
+                with_bundle = Config {
+                    ca_bundle: Some(b),
+                    ..self.config.clone()
+                };
+                &with_bundle
+            }
+            _ => &self.config,
+        };
+        match mutate(&pod, &namespace, account.as_deref(), &issuers, config) {
             Decision::Unchanged => (resp, "unchanged"),
             Decision::Deny(message) => {
                 tracing::info!(%namespace, %message, "injection refused");

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub failures: Mutex<HashMap<ObjectRef<ServiceAccount>, u32>>,
     /// Metrics.
     pub metrics: Arc<crate::controller::Metrics>,
+    /// The operator CA's trust bundle, when it issues the token server's certificate.
+    pub ca_bundle: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Reconciles one account.
@@ -103,11 +105,13 @@ async fn reconcile_inner(sa: &ServiceAccount, ctx: &Ctx) -> Result<Action, Error
 
     // Decide (pure).
     let now = ctx.clock.now();
+    let ca_bundle = ctx.ca_bundle.borrow().clone();
     let plan = super::reconcile(
         sa,
         &observed,
         &super::Context {
             issuer: &ctx.issuer,
+            ca_bundle: ca_bundle.as_deref(),
             now,
         },
         &mut RandomGenerator,

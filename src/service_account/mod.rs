@@ -67,6 +67,9 @@ impl Generator for RandomGenerator {
 pub struct Context<'a> {
     /// The issuer URL written into Secrets.
     pub issuer: &'a str,
+    /// The CAs a workload should trust for the token URL (the operator's own, when it
+    /// issues the token server's certificate), written as `ca.crt`.
+    pub ca_bundle: Option<&'a str>,
     /// Now.
     pub now: SystemTime,
 }

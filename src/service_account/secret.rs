@@ -2,7 +2,8 @@
 //! back out of one.
 //!
 //! Keys: `client_id`, `client_secret` or `private_key.pem` / `private_key.jwk` / `key_id`,
-//! `token_url`, `issuer`, `credentials.json`; during a grace period also
+//! `token_url`, `issuer`, `credentials.json`, and `ca.crt` when the operator issues the token
+//! server's certificate; during a grace period also
 //! `client_secret.previous` or `private_key.pem.previous` / `private_key.jwk.previous` /
 //! `key_id.previous`.
 
@@ -33,6 +34,8 @@ pub mod keys {
     pub const ISSUER: &str = "issuer";
     /// Everything above as one JSON document.
     pub const CREDENTIALS_JSON: &str = "credentials.json";
+    /// The CAs to trust for the token URL (PEM).
+    pub const CA: &str = "ca.crt";
     /// Suffix of the rotated-out credential's keys during the grace period.
     pub const PREVIOUS: &str = ".previous";
 }
@@ -53,6 +56,9 @@ pub(super) fn build(
     d.insert(keys::CLIENT_ID.to_owned(), client_id.to_owned());
     d.insert(keys::TOKEN_URL.to_owned(), token_url.clone());
     d.insert(keys::ISSUER.to_owned(), ctx.issuer.to_owned());
+    if let Some(ca) = ctx.ca_bundle {
+        d.insert(keys::CA.to_owned(), ca.to_owned());
+    }
     let doc = match current {
         Material::Secret(s) => {
             d.insert(keys::CLIENT_SECRET.to_owned(), s.clone());

@@ -52,6 +52,7 @@ spec:
 fn ctx(now: SystemTime) -> Context<'static> {
     Context {
         issuer: "http://127.0.0.1:8080",
+        ca_bundle: None,
         now,
     }
 }
@@ -768,4 +769,18 @@ spec:
     assert_eq!(disabled(&sa), None);
     sa.spec.disabled = true;
     assert_eq!(disabled(&sa).unwrap().reason, reasons::DISABLED);
+}
+
+#[test]
+fn the_operator_ca_bundle_lands_in_every_credentials_secret() {
+    let sa = account(BOTH);
+    let mut g = Counting::default();
+    let mut c = ctx(t0());
+    let plan = reconcile(&sa, &Observed::default(), &c, &mut g);
+    assert!(!plan.secrets[0].data.contains_key("ca.crt"));
+    c.ca_bundle = Some("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n");
+    let plan = reconcile(&sa, &Observed::default(), &c, &mut g);
+    for s in &plan.secrets {
+        assert_eq!(s.data["ca.crt"], c.ca_bundle.unwrap(), "{}", s.name);
+    }
 }

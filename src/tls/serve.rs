@@ -59,6 +59,7 @@ pub struct Reloading {
     source: Source,
     acceptor: ArcSwapOption<TlsAcceptor>,
     loaded: watch::Sender<bool>,
+    bundle: watch::Sender<Option<String>>,
 }
 
 /// A server configuration from PEM text; errors never quote the content.
@@ -92,6 +93,7 @@ impl Reloading {
             source,
             acceptor: ArcSwapOption::empty(),
             loaded: watch::channel(false).0,
+            bundle: watch::channel(None).0,
         });
         if let Source::Files { cert, key } = &this.source {
             let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -106,6 +108,11 @@ impl Reloading {
         self.acceptor
             .store(Some(Arc::new(TlsAcceptor::from(Arc::new(c)))));
         self.loaded.send_replace(true);
+    }
+
+    /// The `ca.crt` of the Secret (the operator CA's trust bundle), as it changes.
+    pub fn bundle(&self) -> watch::Receiver<Option<String>> {
+        self.bundle.subscribe()
     }
 
     /// Resolves once a certificate is loaded.
@@ -160,6 +167,16 @@ impl Reloading {
                         }
                     };
                     let data = secret.data.unwrap_or_default();
+                    let ca = data
+                        .get(tls_keys::CA)
+                        .and_then(|c| String::from_utf8(c.0.clone()).ok());
+                    self.bundle.send_if_modified(|b| {
+                        let changed = *b != ca;
+                        if changed {
+                            b.clone_from(&ca);
+                        }
+                        changed
+                    });
                     let (Some(c), Some(k)) = (data.get(tls_keys::CERT), data.get(tls_keys::KEY))
                     else {
                         tracing::warn!(source = ?self.source, "Secret has no tls.crt and tls.key yet");

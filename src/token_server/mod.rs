@@ -237,11 +237,14 @@ pub async fn run(
     let key_refresh = trusted.clone().run(stopped(stop.clone()));
     let stores_ready = tokio::sync::watch::channel(false).0;
     let webhook = match (webhook_listener, &options.webhook) {
-        (Some((listener, tls)), Some(w)) => {
+        (Some((listener, hook_tls)), Some(w)) => {
             let hook = Arc::new(inject::server::Webhook::new(
                 accounts.clone(),
                 issuers.clone(),
                 w.config.clone(),
+                tls.as_ref()
+                    .map(|t| t.bundle())
+                    .unwrap_or_else(|| tokio::sync::watch::channel(None).1),
                 state.metrics.registry(),
             ));
             let mut ready = stores_ready.subscribe();
@@ -252,8 +255,13 @@ pub async fn run(
                 // controller::lead for why there must be only one).
                 let _ = ready.wait_for(|r| *r).await;
                 tracing::info!(addr = ?listener.local_addr().ok(), "injection webhook listening");
-                if let Err(e) =
-                    tls::serve(listener, tls, inject::server::router(hook), stopped(stop)).await
+                if let Err(e) = tls::serve(
+                    listener,
+                    hook_tls,
+                    inject::server::router(hook),
+                    stopped(stop),
+                )
+                .await
                 {
                     tracing::error!(error = %e, "webhook server failed");
                 }
