@@ -253,6 +253,7 @@ async fn memory_with(n: usize) {
         ],
         "token-server",
     );
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !http

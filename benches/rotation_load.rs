@@ -590,6 +590,7 @@ fn account_ready(api: &ApiServer) -> bool {
 
 /// One token through the load balancer, to know the servers know the account.
 async fn one_token(lb: SocketAddr, client_id: &str, secret: &str) -> bool {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::new()
         .post(format!("http://{lb}/oauth2/token"))
         .header("authorization", auth(client_id, secret))

@@ -203,6 +203,8 @@ fn random_jti() -> Result<String, BoxError> {
 /// The HTTP client for token requests: no redirects (a token endpoint that redirects is
 /// misconfigured, and following one could send credentials elsewhere), short timeouts.
 pub fn http_client() -> Result<reqwest::Client, BoxError> {
+    // rustls on aws-lc-rs, the crypto the rest of the project uses (already installed: fine).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -257,11 +257,14 @@ async fn no_secret_reaches_the_logs_or_the_statuses() {
         // A fresh connection per request: after the oversized-body case the server closes
         // its connection, and a pooled one reused at that moment fails with
         // IncompleteMessage (seen once in CI); this test is about logs, not keep-alive.
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap(),
+        http: {
+            support::tls_provider();
+            reqwest::Client::builder()
+        }
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap(),
     };
     let token_path = "/oauth2/token";
     let mut s = Secrets::default();

@@ -172,11 +172,19 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// An HTTP client for the tests (no redirects, short timeouts).
 pub fn http() -> reqwest::Client {
+    tls_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// Makes aws-lc-rs the process's rustls provider: reqwest's rustls comes without one (the
+/// crate's crypto is aws-lc-rs, and a second provider in the build would leave rustls without
+/// a default).
+pub fn tls_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// The server's JWKS.
