@@ -410,3 +410,39 @@ fn workload_examples_mount_the_declared_secret() {
     let text = std::fs::read_to_string(examples_dir().join(file)).unwrap();
     assert!(text.contains("restart"), "{file} explains rotations");
 }
+
+/// The injected example names an example account, and the webhook's decision for its Pod
+/// template is an injection of that account's Secret.
+#[test]
+fn the_injected_workload_example_gets_the_agent_for_its_account() {
+    let file = "workload-injected.yaml";
+    let d = deployment(file);
+    let ns = d.metadata.namespace.clone().unwrap();
+    assert_hardened(file, &pod(&d));
+    let template = serde_json::to_value(d.spec.unwrap().template).unwrap();
+    let name = template["metadata"]["annotations"]["s2s.dev/inject"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text =
+        std::fs::read_to_string(examples_dir().join("serviceaccount-client-secret.yaml")).unwrap();
+    let account: s2s_operator::api::ServiceAccount = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .find(|a: &s2s_operator::api::ServiceAccount| {
+            a.metadata.name.as_deref() == Some(name.as_str())
+                && a.metadata.namespace.as_deref() == Some(ns.as_str())
+        })
+        .expect("the annotation names an example account");
+    let config = s2s_operator::inject::Config::new("s2s-operator:test", "https://x/oauth2/token");
+    match s2s_operator::inject::mutate(&template, &ns, Some(&account), &[], &config) {
+        s2s_operator::inject::Decision::Patch(ops, _) => {
+            let text = serde_json::to_string(&ops).unwrap();
+            assert!(text.contains("billing-worker-credentials"), "{text}");
+            assert!(
+                text.contains("\"--audience\",\"https://orders.example.com\""),
+                "{text}"
+            );
+        }
+        other => panic!("{file}: {other:?}"),
+    }
+}
