@@ -95,6 +95,66 @@ pub fn managed_secret(
     }
 }
 
+/// Creates `secret` when there is no `current` one, else replaces `current` with it under
+/// `current`'s resourceVersion: random material is never overwritten by a writer that read
+/// an older version (STYLE.md, practice 4).
+pub async fn create_or_replace_secret(
+    api: &kube::Api<Secret>,
+    current: Option<&Secret>,
+    mut secret: Secret,
+) -> Result<(), Error> {
+    let name = secret.name_any();
+    let step = format!("Secret {}/{name}", secret.namespace().unwrap_or_default());
+    match current {
+        None => {
+            api.create(&kube::api::PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube(format!("create {step}")))?;
+        }
+        Some(cur) => {
+            secret.metadata.resource_version = cur.resource_version();
+            api.replace(&name, &kube::api::PostParams::default(), &secret)
+                .await
+                .map_err(Error::kube(format!("replace {step}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `pass` until dropped: again after the wait it returns, or after a backoff (capped at
+/// `cap`) when it fails, logging the failure as `what`.
+pub async fn repeat<F, Fut>(what: &'static str, cap: std::time::Duration, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<std::time::Duration, Error>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let wait = match pass().await {
+            Ok(next) => {
+                failures = 0;
+                next
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures).min(cap);
+                tracing::warn!(category = e.category(), error = %e, retry_in = ?delay, "{what}");
+                delay
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Unix seconds of `clock`'s now.
+pub fn unix_now(clock: &dyn crate::token::Clock) -> u64 {
+    clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// An Event a pure reconcile stage asks for; the controller publishes it
 /// ([`publish_events`]), `dev` logs it. It lives here, not with a kind, because every kind's
 /// plan carries them and this module publishes them.

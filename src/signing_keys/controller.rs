@@ -4,10 +4,9 @@
 //! of that name the operator did not create is never touched.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
 use super::{Policy, SECRET_NAME, from_data, next_change, plan, to_data};
@@ -40,14 +39,6 @@ impl KeyManager {
         }
     }
 
-    fn now(&self) -> u64 {
-        self.clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-
     /// One pass: generate, publish, activate or retire keys as due. Returns how long until
     /// the next pass is needed.
     pub async fn ensure(&self) -> Result<Duration, Error> {
@@ -70,11 +61,11 @@ impl KeyManager {
             }
             None => vec![],
         };
-        let now = self.now();
+        let now = k8s::unix_now(self.clock.as_ref());
         let (records, changed) = plan(records, &self.policy, now, crate::crypto::generate_key)
             .map_err(|e| Error::Keys(e.to_string()))?;
         if changed {
-            let mut secret = k8s::managed_secret(
+            let secret = k8s::managed_secret(
                 SECRET_NAME,
                 &self.namespace,
                 "signing-keys",
@@ -82,21 +73,7 @@ impl KeyManager {
                 &[],
                 &to_data(&records),
             );
-            match &current {
-                None => {
-                    self.api
-                        .create(&PostParams::default(), &secret)
-                        .await
-                        .map_err(Error::kube(format!("create {step}")))?;
-                }
-                Some(cur) => {
-                    secret.metadata.resource_version = cur.resource_version();
-                    self.api
-                        .replace(SECRET_NAME, &PostParams::default(), &secret)
-                        .await
-                        .map_err(Error::kube(format!("replace {step}")))?;
-                }
-            }
+            k8s::create_or_replace_secret(&self.api, current.as_ref(), secret).await?;
             tracing::info!(keys = records.len(), "signing keys updated");
         }
         let next = next_change(&records, &self.policy, now)
@@ -107,21 +84,6 @@ impl KeyManager {
 
     /// Runs passes until dropped, backing off on errors.
     pub async fn run(self) {
-        let mut failures = 0u32;
-        loop {
-            let wait = match self.ensure().await {
-                Ok(next) => {
-                    failures = 0;
-                    next
-                }
-                Err(e) => {
-                    failures += 1;
-                    let delay = crate::k8s::backoff(failures);
-                    tracing::warn!(category = e.category(), error = %e, retry_in = ?delay, "signing keys");
-                    delay
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
+        k8s::repeat("signing keys", Duration::MAX, || self.ensure()).await
     }
 }

@@ -11,12 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
@@ -106,14 +106,6 @@ impl TlsManager {
         }
     }
 
-    fn now(&self) -> u64 {
-        self.clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-
     /// Reads a Secret of ours, refusing one the operator did not create.
     async fn read(&self, name: &str, component: &str) -> Result<Option<Secret>, Error> {
         let step = format!("Secret {}/{name}", self.namespace);
@@ -135,31 +127,13 @@ impl TlsManager {
         Ok(s)
     }
 
-    /// Creates `secret`, or replaces `current` with it (same resourceVersion).
-    async fn write(&self, current: Option<&Secret>, mut secret: Secret) -> Result<(), Error> {
-        let name = secret.name_any();
-        let step = format!("Secret {}/{name}", self.namespace);
-        match current {
-            None => {
-                self.secrets
-                    .create(&PostParams::default(), &secret)
-                    .await
-                    .map_err(Error::kube(format!("create {step}")))?;
-            }
-            Some(cur) => {
-                secret.metadata.resource_version = cur.resource_version();
-                self.secrets
-                    .replace(&name, &PostParams::default(), &secret)
-                    .await
-                    .map_err(Error::kube(format!("replace {step}")))?;
-            }
-        }
-        Ok(())
+    async fn write(&self, current: Option<&Secret>, secret: Secret) -> Result<(), Error> {
+        k8s::create_or_replace_secret(&self.secrets, current, secret).await
     }
 
     /// One pass. Returns how long until the next one is needed.
     pub async fn ensure(&self) -> Result<Duration, Error> {
-        let now = self.now();
+        let now = k8s::unix_now(self.clock.as_ref());
         let policy = &self.options.policy;
         let ca_secret = self.read(&self.options.ca_secret, CA_COMPONENT).await?;
         let record = ca_secret
@@ -278,22 +252,7 @@ impl TlsManager {
 
     /// Runs passes until dropped, backing off on errors.
     pub async fn run(self) {
-        let mut failures = 0u32;
-        loop {
-            let wait = match self.ensure().await {
-                Ok(next) => {
-                    failures = 0;
-                    next
-                }
-                Err(e) => {
-                    failures += 1;
-                    let delay = k8s::backoff(failures).min(RECHECK);
-                    tracing::warn!(category = e.category(), error = %e, retry_in = ?delay, "TLS");
-                    delay
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
+        k8s::repeat("TLS", RECHECK, || self.ensure()).await
     }
 }
 
