@@ -44,6 +44,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod crypto;
 pub mod dev;
