@@ -325,18 +325,13 @@ impl TokenServer {
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Answer> {
-        self.send(hyper::Method::GET, path, None, None).await
+        self.send(hyper::Method::GET, path, None).await
     }
 
-    /// `POST path` with a form body and an optional `Authorization`.
-    pub async fn post_form(
-        &self,
-        path: &str,
-        form: String,
-        authorization: Option<String>,
-    ) -> Result<Answer> {
-        self.send(hyper::Method::POST, path, Some(form), authorization)
-            .await
+    /// `POST path` with a form body. No `Authorization` header: the service proxy would
+    /// drop it, so client authentication goes in the form.
+    pub async fn post_form(&self, path: &str, form: String) -> Result<Answer> {
+        self.send(hyper::Method::POST, path, Some(form)).await
     }
 
     async fn send(
@@ -344,7 +339,6 @@ impl TokenServer {
         method: hyper::Method,
         path: &str,
         form: Option<String>,
-        authorization: Option<String>,
     ) -> Result<Answer> {
         let verb = if method == hyper::Method::POST {
             "create"
@@ -368,9 +362,6 @@ impl TokenServer {
                 hyper::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             );
-        }
-        if let Some(a) = authorization {
-            req = req.header(hyper::header::AUTHORIZATION, a);
         }
         let body = Bytes::from(form.unwrap_or_default());
         let unreachable = |e: String| {

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -52,10 +50,9 @@ impl std::fmt::Debug for AccountCredentials {
     }
 }
 
-/// The authentication of one request: an `Authorization` header value and form fields.
+/// The authentication of one request: form fields (never a header, see
+/// [`AccountCredentials::client_auth`]).
 pub struct ClientAuth {
-    /// `Basic …`.
-    pub authorization: Option<String>,
     /// `client_id`, `client_assertion_type`, `client_assertion`.
     pub form: Vec<(&'static str, String)>,
 }
@@ -126,7 +123,7 @@ impl AccountCredentials {
     /// `client_secret_basic` or `private_key_jwt`, for messages.
     pub fn method_name(&self) -> &'static str {
         match self.method {
-            Method::Secret(_) => "client_secret_basic",
+            Method::Secret(_) => "client_secret_post",
             Method::Key { .. } => "private_key_jwt",
         }
     }
@@ -134,16 +131,15 @@ impl AccountCredentials {
     /// The authentication of a request made at `now` (Unix seconds).
     pub fn client_auth(&self, now: u64) -> Result<ClientAuth> {
         match &self.method {
-            Method::Secret(secret) => {
-                let enc =
-                    |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
-                // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
-                let pair = format!("{}:{}", enc(&self.client_id), enc(secret));
-                Ok(ClientAuth {
-                    authorization: Some(format!("Basic {}", STANDARD.encode(pair))),
-                    form: vec![],
-                })
-            }
+            // client_secret_post, not _basic: the API server's service proxy drops the
+            // Authorization header once it has authenticated the caller, so a Basic header
+            // would never reach the token server.
+            Method::Secret(secret) => Ok(ClientAuth {
+                form: vec![
+                    ("client_id", self.client_id.clone()),
+                    ("client_secret", secret.clone()),
+                ],
+            }),
             Method::Key { kid, alg, pem } => {
                 let key = match alg {
                     Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
@@ -167,7 +163,6 @@ impl AccountCredentials {
                 let assertion = jsonwebtoken::encode(&header, &claims, &key)
                     .map_err(|e| CliError::new(format!("cannot sign the client assertion: {e}")))?;
                 Ok(ClientAuth {
-                    authorization: None,
                     form: vec![
                         ("client_id", self.client_id.clone()),
                         ("client_assertion_type", ASSERTION_TYPE.into()),
@@ -257,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_secret_becomes_basic_auth_with_form_encoded_parts() {
+    fn a_client_secret_goes_in_the_form_where_the_service_proxy_keeps_it() {
         let c = from_data(
             &data(&[
                 ("client_id", "id"),
@@ -268,12 +263,14 @@ mod tests {
         )
         .unwrap();
         let auth = c.client_auth(0).unwrap();
-        let basic = auth.authorization.unwrap();
-        let decoded = STANDARD
-            .decode(basic.strip_prefix("Basic ").unwrap())
-            .unwrap();
-        assert_eq!(String::from_utf8(decoded).unwrap(), "id:a+b%2Bc");
-        assert!(auth.form.is_empty());
+        assert_eq!(
+            auth.form,
+            [
+                ("client_id", "id".to_owned()),
+                ("client_secret", "a b+c".to_owned())
+            ]
+        );
+        assert!(!format!("{c:?}").contains("a b+c"));
     }
 
     #[test]

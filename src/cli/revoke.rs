@@ -129,9 +129,7 @@ pub async fn run(g: &Global, a: RevokeArgs) -> Result<()> {
         f.finish()
     };
     let auth = credentials.client_auth(now)?;
-    let answer = server
-        .post_form("/oauth2/revoke", form(&auth), auth.authorization.clone())
-        .await?;
+    let answer = server.post_form("/oauth2/revoke", form(&auth)).await?;
     if answer.status != 200 {
         return Err(CliError::new(format!(
             "{} refused the revocation: {}",
@@ -147,7 +145,7 @@ pub async fn run(g: &Global, a: RevokeArgs) -> Result<()> {
     // RFC 7009 answers 200 for anything; introspection says whether it took.
     let auth = credentials.client_auth(now)?;
     let active = server
-        .post_form("/oauth2/introspect", form(&auth), auth.authorization)
+        .post_form("/oauth2/introspect", form(&auth))
         .await
         .ok()
         .and_then(|a| a.json())

@@ -3,18 +3,24 @@
 //! The controller rotates on every new value of the `s2s.dev/rotate` annotation and records
 //! the value it acted on in `status.rotationRequest`; the old credential keeps working for
 //! the grace period. `--wait` returns once the status names our value and a new current
-//! credential, which the controller writes only after the Secret holds it.
+//! credential *and* the Secret holds it: on rotation the controller writes the status first
+//! (token servers must accept the new credential before a workload can read it), the Secret
+//! about a second later.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-use super::conn::{Kind, api_error, connect, parse_ref};
+use super::conn::{Kind, api_code, api_error, connect, parse_ref};
 use super::format::{now_unix, unix, when};
 use super::{CliError, Global, Result};
 use crate::api::ServiceAccount;
+use crate::api::service_account::CredentialType;
 use crate::service_account::ROTATE_ANNOTATION;
+use crate::service_account::secret::keys;
 
 /// `kubectl s2s rotate`.
 #[derive(clap::Args, Debug)]
@@ -52,6 +58,39 @@ pub fn rotated(sa: &ServiceAccount, value: &str, before: Option<&str>) -> bool {
             .current_credential
             .as_ref()
             .is_some_and(|c| Some(c.id.as_str()) != before)
+}
+
+/// The Secret that holds the account's current credential.
+pub fn current_secret_name(sa: &ServiceAccount) -> Option<String> {
+    let cur = sa.status.as_ref()?.current_credential.as_ref()?;
+    let auth = sa.spec.authentication.as_ref()?;
+    match cur.type_ {
+        CredentialType::ClientSecret => auth.client_secret.as_ref().map(|c| c.secret_name.clone()),
+        CredentialType::PrivateKey => auth.private_key_jwt.as_ref().map(|k| k.secret_name.clone()),
+    }
+}
+
+/// Whether Secret `data` holds the status's current credential: the secret whose digest the
+/// status records, or the key with the current id. Compares, never prints.
+pub fn secret_holds_current(sa: &ServiceAccount, data: &BTreeMap<String, String>) -> bool {
+    let Some(st) = &sa.status else { return false };
+    let Some(cur) = &st.current_credential else {
+        return false;
+    };
+    match cur.type_ {
+        CredentialType::ClientSecret => {
+            let digest = st
+                .credentials
+                .iter()
+                .find(|v| v.id == cur.id)
+                .and_then(|v| v.secret_digest.as_deref());
+            match (data.get(keys::CLIENT_SECRET), digest) {
+                (Some(secret), Some(d)) => crate::crypto::verify_secret(secret.trim(), d),
+                _ => false,
+            }
+        }
+        CredentialType::PrivateKey => data.get(keys::KEY_ID).is_some_and(|k| k.trim() == cur.id),
+    }
 }
 
 /// Runs `rotate`.
@@ -95,12 +134,49 @@ pub async fn run(g: &Global, a: RotateArgs) -> Result<()> {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + a.timeout;
+    let mut warned = false;
     loop {
         let sa = api
             .get(&name)
             .await
             .map_err(|e| api_error(e, "get", res, Some(&name), Some(&ns)))?;
-        if rotated(&sa, &value, before.as_deref()) {
+        let mut done = rotated(&sa, &value, before.as_deref());
+        if done && let Some(secret_name) = current_secret_name(&sa) {
+            let secrets: Api<Secret> = Api::namespaced(kube.client.clone(), &ns);
+            match secrets.get(&secret_name).await {
+                Ok(secret) => {
+                    let data: BTreeMap<String, String> = secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
+                        .collect();
+                    done = secret_holds_current(&sa, &data);
+                }
+                Err(e) if api_code(&e) == Some(403) => {
+                    // Without `get` on the Secret, the status is all we can see: allow the
+                    // controller its settle time before it writes the Secret.
+                    if !warned {
+                        eprintln!(
+                            "note: you may not get secrets/{secret_name} in {ns}, so --wait \
+                             trusts the status and allows the controller a few seconds"
+                        );
+                        warned = true;
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                }
+                Err(e) => {
+                    return Err(api_error(
+                        e,
+                        "get",
+                        "secrets",
+                        Some(&secret_name),
+                        Some(&ns),
+                    ));
+                }
+            }
+        }
+        if done {
             let st = sa.status.unwrap_or_default();
             let now = now_unix(SystemTime::now());
             let current = st.current_credential.map(|c| c.id).unwrap_or_default();
@@ -140,6 +216,30 @@ mod tests {
             rotation_patch("x"),
             serde_json::json!({"metadata": {"annotations": {"s2s.dev/rotate": "x"}}})
         );
+    }
+
+    #[test]
+    fn the_secret_must_hold_the_current_credential() {
+        let secret = "s3cr3t-value";
+        let sa: ServiceAccount = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
+metadata: {{name: a, namespace: n}}
+spec: {{authentication: {{clientSecret: {{secretName: creds}}}}}}
+status:
+  currentCredential: {{id: c2, type: ClientSecret, created: "2026-01-01T00:00:00Z"}}
+  credentials:
+  - {{id: c2, type: ClientSecret, created: "2026-01-01T00:00:00Z", secretDigest: "{}"}}
+"#,
+            crate::crypto::secret_digest(secret)
+        ))
+        .unwrap();
+        assert_eq!(current_secret_name(&sa).as_deref(), Some("creds"));
+        let data = |s: &str| BTreeMap::from([("client_secret".to_owned(), s.to_owned())]);
+        assert!(secret_holds_current(&sa, &data(secret)));
+        assert!(!secret_holds_current(&sa, &data("the-old-one")));
+        assert!(!secret_holds_current(&sa, &BTreeMap::new()));
     }
 
     #[test]

@@ -89,9 +89,7 @@ pub async fn request(
 ) -> Result<serde_json::Value> {
     let auth = c.client_auth(jsonwebtoken::get_current_timestamp())?;
     let form = token_form(audience, scopes, &auth);
-    let answer = server
-        .post_form("/oauth2/token", form, auth.authorization)
-        .await?;
+    let answer = server.post_form("/oauth2/token", form).await?;
     let json = answer.json();
     match json {
         Some(v) if answer.status == 200 && v["access_token"].is_string() => Ok(v),
@@ -153,7 +151,6 @@ mod tests {
     #[test]
     fn the_form_carries_audience_scopes_and_client_auth() {
         let auth = creds::ClientAuth {
-            authorization: None,
             form: vec![("client_id", "id".into())],
         };
         assert_eq!(
