@@ -43,7 +43,8 @@ impl std::fmt::Display for Out {
 struct Plugin {
     kubeconfig: PathBuf,
     operator_namespace: String,
-    release: String,
+    /// `--release`; `None` lets the plugin find it from the chart's labels.
+    release: Option<String>,
 }
 
 impl Plugin {
@@ -52,7 +53,7 @@ impl Plugin {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--operator-namespace", &self.operator_namespace])
-            .args(["--release", &self.release])
+            .args(self.release.iter().flat_map(|r| ["--release", r.as_str()]))
             .args(args)
             .env_remove("KUBECONFIG")
             .env_remove("S2S_SERVER_URL")
@@ -192,7 +193,10 @@ fn token_server_service(op: &Operator, addr: IpAddr, port: u16) -> Vec<Value> {
     vec![
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": ns},
+            "metadata": {"name": name, "namespace": ns, "labels": {
+                "app.kubernetes.io/name": "s2s-operator",
+                "app.kubernetes.io/instance": op.release,
+                "app.kubernetes.io/component": "token-server"}},
             "spec": {"ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}]}
         }),
         json!({
@@ -265,7 +269,8 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     let admin = Plugin {
         kubeconfig: cluster.kubeconfig.clone(),
         operator_namespace: op.namespace.clone(),
-        release: op.release.clone(),
+        // Found from the Service's labels, as after `helm install`.
+        release: None,
     };
 
     // Before anything runs, `check` fails and says what to do.
@@ -509,7 +514,7 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     let dev = Plugin {
         kubeconfig: cluster.kubeconfig_for(cli_ns, "dev", dir).await,
         operator_namespace: op.namespace.clone(),
-        release: op.release.clone(),
+        release: Some(op.release.clone()),
     };
     // Its context's namespace is the default: no -n.
     let out = dev.ok(&["status", "serviceaccount/worker"]);

@@ -20,7 +20,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 
-use super::conn::{Kube, TokenServer, api_code, connect};
+use super::conn::{Kube, TokenServer, api_code, connect, release};
 use super::format::{now_unix, relative};
 use super::{CliError, Global, Output, Result, print_structured};
 use crate::api::TrustedIssuer;
@@ -409,6 +409,7 @@ async fn gather(kube: &Kube, g: &Global) -> Vec<Check> {
     let mut checks = vec![];
     let now = now_unix(SystemTime::now());
     let ns = &g.operator_namespace;
+    let release = release(kube, g).await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(kube.client.clone());
     for want in crate::api::crds() {
@@ -462,7 +463,7 @@ async fn gather(kube: &Kube, g: &Global) -> Vec<Check> {
                     format!("{} is not ready (HTTP {})", server.describe(), a.status),
                     format!(
                         "its logs say why: `kubectl -n {ns} logs deploy/{}-token-server`",
-                        g.release
+                        release
                     ),
                 )),
                 Err(e) => checks.push(bad(
@@ -505,7 +506,7 @@ async fn gather(kube: &Kube, g: &Global) -> Vec<Check> {
         )),
     }
 
-    let name = format!("{}-inject", g.release);
+    let name = format!("{release}-inject");
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(kube.client.clone());
     match mwcs.get_opt(&name).await {
         Ok(m) => {

@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Service;
+use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -127,6 +128,36 @@ pub async fn connect(g: &Global) -> Result<Kube> {
     let client = Client::try_from(config)
         .map_err(|e| CliError::new(format!("cannot build a Kubernetes client: {e}")))?;
     Ok(Kube { client, namespace })
+}
+
+/// The release name used when none is given and none is found.
+pub const DEFAULT_RELEASE: &str = "s2s-operator";
+
+/// The release among the chart's token server Services (`<release>-token-server`, labelled
+/// `app.kubernetes.io/name=s2s-operator` and `app.kubernetes.io/instance=<release>`).
+pub fn release_of(services: &[Service]) -> Option<String> {
+    services.iter().find_map(|s| {
+        let instance = s
+            .metadata
+            .labels
+            .as_ref()?
+            .get("app.kubernetes.io/instance")?;
+        let name = s.metadata.name.as_deref()?;
+        (name == format!("{instance}-token-server")).then(|| instance.clone())
+    })
+}
+
+/// `--release`, else the one installed in the operator namespace, else [`DEFAULT_RELEASE`].
+pub async fn release(kube: &Kube, g: &Global) -> String {
+    if let Some(r) = &g.release {
+        return r.clone();
+    }
+    let api: Api<Service> = Api::namespaced(kube.client.clone(), &g.operator_namespace);
+    api.list(&ListParams::default().labels("app.kubernetes.io/name=s2s-operator"))
+        .await
+        .ok()
+        .and_then(|l| release_of(&l.items))
+        .unwrap_or_else(|| DEFAULT_RELEASE.to_owned())
 }
 
 /// The HTTP status of an API error, if it is one.
@@ -281,7 +312,7 @@ impl TokenServer {
             });
         }
         let ns = &g.operator_namespace;
-        let name = format!("{}-token-server", g.release);
+        let name = format!("{}-token-server", release(kube, g).await);
         let api: Api<Service> = Api::namespaced(kube.client.clone(), ns);
         let svc =
             match api.get(&name).await {
@@ -478,6 +509,24 @@ mod tests {
         assert!(e.hint.unwrap().contains("serviceaccount/NAME"));
         assert!(parse_ref("billing-worker", &Kind::ALL).is_err());
         assert!(parse_ref("pod/x", &Kind::ALL).is_err());
+    }
+
+    #[test]
+    fn the_release_is_read_from_the_charts_labels() {
+        let svc = |name: &str, instance: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/instance": instance}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            release_of(&[
+                svc("s2s-controller-metrics", "s2s"),
+                svc("s2s-token-server", "s2s")
+            ]),
+            Some("s2s".into())
+        );
+        assert_eq!(release_of(&[svc("s2s-controller-metrics", "s2s")]), None);
     }
 
     #[test]

@@ -63,15 +63,11 @@ pub struct Global {
         value_name = "NAMESPACE"
     )]
     pub operator_namespace: String,
-    /// The Helm release name of the operator (names its Service `<release>-token-server`).
-    #[arg(
-        long,
-        global = true,
-        env = "S2S_RELEASE",
-        default_value = "s2s-operator",
-        value_name = "NAME"
-    )]
-    pub release: String,
+    /// The Helm release name of the operator (its Service is `<release>-token-server`, its
+    /// webhook `<release>-inject`). Default: found from the chart's labels in the operator
+    /// namespace, else `s2s-operator`.
+    #[arg(long, global = true, env = "S2S_RELEASE", value_name = "NAME")]
+    pub release: Option<String>,
     /// Reach the token server at this base URL (e.g. `http://127.0.0.1:8080`) instead of
     /// through the API server's service proxy: for a port-forward, an Ingress, or `dev`.
     #[arg(
