@@ -388,10 +388,11 @@ pub fn render(checks: &[Check]) -> String {
         }
     }
     let fails = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
-    out.push_str(&if fails == 0 {
-        "\nAll checks passed.\n".to_owned()
-    } else {
-        format!("\n{fails} check(s) failed.\n")
+    let warns = checks.iter().filter(|c| c.outcome == Outcome::Warn).count();
+    out.push_str(&match (fails, warns) {
+        (0, 0) => "\nAll checks passed.\n".to_owned(),
+        (0, w) => format!("\nNo check failed; {w} need a look (see [warn]).\n"),
+        (f, _) => format!("\n{f} check(s) failed.\n"),
     });
     out
 }

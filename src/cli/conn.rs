@@ -328,9 +328,10 @@ impl TokenServer {
                 }
                 Err(e) => {
                     return Err(api_error(e, "get", "services", Some(&name), Some(ns)).hint(format!(
-                    "the token server is reached through the service proxy: ask for `get` on \
-                     services and `get`, `create` on services/proxy (resourceNames: [{name}]) in \
-                     {ns}, or pass --server-url URL"
+                    "the token server is reached through the service proxy: ask for a Role in \
+                     {ns} granting `get` on services (resourceNames: [{name}]) and `get`, \
+                     `create` on services/proxy (resourceNames: [\"http:{name}:http\"], or \
+                     https:{name}:https with TLS), or pass --server-url URL"
                 )));
                 }
             };
@@ -403,9 +404,9 @@ impl TokenServer {
             match self {
                 TokenServer::Proxy {
                     client,
+                    base,
                     service,
                     namespace,
-                    ..
                 } => {
                     let req = req
                         .body(kube::client::Body::from(body.to_vec()))
@@ -421,7 +422,7 @@ impl TokenServer {
                         .map_err(|e| unreachable(e.to_string()))?
                         .to_bytes();
                     let answer = Answer { status, body };
-                    proxy_failure(&answer, verb, service, namespace).map_or(Ok(answer), Err)
+                    proxy_failure(&answer, verb, base, service, namespace).map_or(Ok(answer), Err)
                 }
                 TokenServer::Direct { http, .. } => {
                     let req = req
@@ -448,20 +449,30 @@ impl TokenServer {
 }
 
 /// An answer that came from the API server's proxy itself (a `Status`), not the token server.
-pub fn proxy_failure(answer: &Answer, verb: &str, service: &str, ns: &str) -> Option<CliError> {
+/// `base` is the proxy path; its `SCHEME:NAME:PORT` segment is the name RBAC checks for
+/// `services/proxy`.
+pub fn proxy_failure(
+    answer: &Answer,
+    verb: &str,
+    base: &str,
+    service: &str,
+    ns: &str,
+) -> Option<CliError> {
     let v = answer.json()?;
     if v.get("kind").and_then(|k| k.as_str()) != Some("Status") {
         return None;
     }
     let message = v["message"].as_str().unwrap_or_default().to_owned();
+    let proxy_name = base.rsplit('/').nth(1).unwrap_or(service);
     Some(match answer.status {
         403 => CliError::new(format!(
-            "forbidden: you may not {verb} services/proxy {service} in namespace {ns} (the API \
-             server's way to the token server)"
+            "forbidden: you may not {verb} services/proxy {proxy_name} in namespace {ns} (the \
+             API server's way to the token server)"
         ))
         .hint(format!(
-            "ask for a Role in {ns} granting `get` and `create` on services/proxy \
-             (resourceNames: [{service}]), or reach the token server directly with --server-url URL"
+            "ask for a Role in {ns} granting `get` and `create` on services/proxy with \
+             resourceNames: [\"{proxy_name}\"] (the proxy names the Service's port so), or \
+             reach the token server directly with --server-url URL"
         )),
         503 => CliError::new(format!(
             "the token server Service {ns}/{service} has no ready endpoint: {message}"
@@ -559,14 +570,20 @@ mod tests {
                 br#"{"kind":"Status","status":"Failure","reason":"Forbidden","code":403}"#,
             ),
         };
-        let e = proxy_failure(&a, "create", "ts", "s2s-system").unwrap();
-        assert!(e.message.contains("services/proxy"), "{e}");
-        assert!(e.hint.unwrap().contains("--server-url"));
+        let base = "/api/v1/namespaces/s2s-system/services/http:ts:http/proxy";
+        let e = proxy_failure(&a, "create", base, "ts", "s2s-system").unwrap();
+        assert!(e.message.contains("services/proxy http:ts:http"), "{e}");
+        let hint = e.hint.unwrap();
+        assert!(
+            hint.contains(r#"resourceNames: ["http:ts:http"]"#),
+            "{hint}"
+        );
+        assert!(hint.contains("--server-url"));
         let oauth = Answer {
             status: 401,
             body: Bytes::from_static(br#"{"error":"invalid_client"}"#),
         };
-        assert!(proxy_failure(&oauth, "create", "ts", "ns").is_none());
+        assert!(proxy_failure(&oauth, "create", base, "ts", "ns").is_none());
         assert_eq!(oauth.oauth_error(), "invalid_client");
     }
 }

@@ -345,18 +345,23 @@ pub fn render(i: &Inspection, now: i64) -> String {
     out
 }
 
+/// A token given on the command line, or read from stdin for `-` (at most [`MAX_TOKEN`]
+/// bytes), so it need not appear in the process list.
+pub fn token_arg(arg: &str) -> Result<String> {
+    if arg != "-" {
+        return Ok(arg.trim().to_owned());
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .take(MAX_TOKEN as u64 + 1)
+        .read_to_string(&mut s)
+        .map_err(|e| CliError::new(format!("reading the token from stdin: {e}")))?;
+    Ok(s.trim().to_owned())
+}
+
 /// Runs `inspect`.
 pub async fn run(g: &Global, a: InspectArgs) -> Result<()> {
-    let token = if a.token == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .take(MAX_TOKEN as u64 + 1)
-            .read_to_string(&mut s)
-            .map_err(|e| CliError::new(format!("reading stdin: {e}")))?;
-        s.trim().to_owned()
-    } else {
-        a.token.trim().to_owned()
-    };
+    let token = token_arg(&a.token)?;
     let decoded = decode(&token)?;
     let now = now_unix(SystemTime::now());
     let mut inspection = if a.offline {

@@ -22,7 +22,8 @@ use crate::api::{ServiceAccount, TokenGrant};
 pub struct RevokeArgs {
     /// `tokengrant/NAME`: revoke every token issued under the grant.
     pub target: Option<String>,
-    /// One access token to revoke (RFC 7009), as its own client.
+    /// One access token to revoke (RFC 7009), as its own client; `-` reads it from stdin
+    /// (keeps it out of the process list).
     #[arg(long, value_name = "JWT")]
     pub token: Option<String>,
 }
@@ -107,7 +108,7 @@ pub async fn run(g: &Global, a: RevokeArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let token = a.token.unwrap_or_default();
+    let token = super::inspect::token_arg(&a.token.unwrap_or_default())?;
     let decoded = super::inspect::decode(&token)?;
     let client_id = decoded.claims["client_id"]
         .as_str()
