@@ -148,6 +148,12 @@ fn objects(api_ns: &str, cli_ns: &str, audience: &str) -> Vec<Value> {
                 "audience": audience, "scopes": ["orders:read"]
             }
         }),
+        // The cluster's own service-account issuer, so `status` and `check` show key state.
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "TrustedIssuer",
+            "metadata": {"name": "cluster", "namespace": cli_ns},
+            "spec": {"kubernetes": {}, "audiences": ["s2s.dev"]}
+        }),
         // The namespace-only caller: a Role in the client namespace, nothing else. It may read
         // the worker's credentials Secret, not the signer's.
         json!({
@@ -361,6 +367,7 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     wait_ready(cluster, cli_ns, "serviceaccounts.s2s.dev/signer").await;
     wait_ready(cluster, api_ns, "tokengrants.s2s.dev/worker").await;
     wait_ready(cluster, api_ns, "tokengrants.s2s.dev/signer").await;
+    wait_ready(cluster, cli_ns, "trustedissuers.s2s.dev/cluster").await;
 
     // check: everything in order (CRDs, Lease, token server and keys, issuers, webhook off).
     let out = super_check(&admin, &direct);
@@ -369,6 +376,7 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
         "[ok]   controller leader: held by",
         "[ok]   token server",
         "[ok]   signing keys: current key",
+        &format!("[ok]   trustedissuer {cli_ns}/cluster: Ready,"),
         "injection off",
         "All checks passed.",
     ] {
@@ -406,6 +414,15 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     )
     .unwrap();
     assert_eq!(yaml["grants"][0]["audience"], audience.as_str());
+    let out = admin.ok(&["status", "tiss/cluster", "-n", cli_ns]);
+    for want in [
+        "TrustedIssuer",
+        "the cluster's service-account issuer",
+        "Keys",
+        "Last fetch",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} missing: {out}");
+    }
     let out = admin.ok(&["status", "tokengrant/worker", "-n", api_ns]);
     assert!(out.stdout.contains("Materialized tokens"), "{out}");
     let out = admin.ok(&["status", "-A"]);

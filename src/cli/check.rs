@@ -160,11 +160,11 @@ pub fn crd_check(
 }
 
 /// The leader Lease at `now`.
-pub fn lease_check(lease: Option<&Lease>, ns: &str, now: i64) -> Check {
+pub fn lease_check(lease: Option<&Lease>, ns: &str, release: &str, now: i64) -> Check {
     let label = "controller leader";
     let fix = format!(
         "is the controller running? `kubectl -n {ns} get pods` and its logs \
-         (`kubectl -n {ns} logs deploy/<release>-controller`)"
+         (`kubectl -n {ns} logs deploy/{release}-controller`)"
     );
     let name = crate::controller::LEASE_NAME;
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
@@ -432,7 +432,7 @@ async fn gather(kube: &Kube, g: &Global) -> Vec<Check> {
 
     let leases: Api<Lease> = Api::namespaced(kube.client.clone(), ns);
     match leases.get_opt(crate::controller::LEASE_NAME).await {
-        Ok(l) => checks.push(lease_check(l.as_ref(), ns, now)),
+        Ok(l) => checks.push(lease_check(l.as_ref(), ns, &release, now)),
         Err(e) if api_code(&e) == Some(403) => checks.push(forbidden(
             "controller leader",
             &format!("get leases in {ns}"),
@@ -592,17 +592,17 @@ mod tests {
     #[test]
     fn a_fresh_lease_passes_a_stale_or_missing_one_fails() {
         assert_eq!(
-            lease_check(Some(&lease("pod-1", NOW - 3)), "s", NOW).outcome,
+            lease_check(Some(&lease("pod-1", NOW - 3)), "s", "r", NOW).outcome,
             Outcome::Ok
         );
-        let stale = lease_check(Some(&lease("pod-1", NOW - 60)), "s", NOW);
+        let stale = lease_check(Some(&lease("pod-1", NOW - 60)), "s", "r", NOW);
         assert_eq!(stale.outcome, Outcome::Fail);
         assert!(stale.message.contains("stale"), "{}", stale.message);
         assert_eq!(
-            lease_check(Some(&lease("", NOW)), "s", NOW).outcome,
+            lease_check(Some(&lease("", NOW)), "s", "r", NOW).outcome,
             Outcome::Fail
         );
-        assert_eq!(lease_check(None, "s", NOW).outcome, Outcome::Fail);
+        assert_eq!(lease_check(None, "s", "r", NOW).outcome, Outcome::Fail);
     }
 
     fn record(kid: &str, activates_at: u64) -> KeyRecord {
