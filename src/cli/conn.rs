@@ -36,12 +36,13 @@ impl Kind {
     /// Every kind.
     pub const ALL: [Kind; 3] = [Kind::ServiceAccount, Kind::TrustedIssuer, Kind::TokenGrant];
 
-    /// The kind a user typed: singular, plural, short name or `….s2s.dev`.
+    /// The kind a user typed: singular, plural, short name or `….s2s.dev`. Not `sa`: kubectl
+    /// users mean the core ServiceAccount by it.
     pub fn parse(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
         let s = s.strip_suffix(".s2s.dev").unwrap_or(&s);
         match s {
-            "serviceaccount" | "serviceaccounts" | "s2ssa" | "sa" => Some(Kind::ServiceAccount),
+            "serviceaccount" | "serviceaccounts" | "s2ssa" => Some(Kind::ServiceAccount),
             "trustedissuer" | "trustedissuers" | "tiss" => Some(Kind::TrustedIssuer),
             "tokengrant" | "tokengrants" | "tgrant" => Some(Kind::TokenGrant),
             _ => None,
@@ -520,6 +521,8 @@ mod tests {
         assert!(e.hint.unwrap().contains("serviceaccount/NAME"));
         assert!(parse_ref("billing-worker", &Kind::ALL).is_err());
         assert!(parse_ref("pod/x", &Kind::ALL).is_err());
+        // `sa` is kubectl's name for the core ServiceAccount: not ours.
+        assert!(parse_ref("sa/x", &Kind::ALL).is_err());
     }
 
     #[test]
