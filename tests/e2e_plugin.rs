@@ -244,6 +244,24 @@ fn proxy_role(op_ns: &str, service: &str, user_ns: &str) -> Vec<Value> {
     ]
 }
 
+/// A MutatingWebhookConfiguration `<release>-inject` as the chart's would look before the
+/// controller filled in its CA bundle, scoped to nothing.
+fn webhook_config(op: &Operator) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": format!("{}-inject", op.release)},
+        "webhooks": [{
+            "name": "inject.s2s.dev",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "namespaceSelector": {"matchLabels": {"s2s.dev/e2e-no-such-label": "true"}},
+            "clientConfig": {"service": {"namespace": op.namespace, "name": format!("{}-webhook", op.release)}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]
+        }]
+    })
+}
+
 async fn wait_ready(cluster: &Cluster, ns: &str, what: &str) {
     cluster.kubectl(&[
         "wait",
@@ -276,6 +294,15 @@ async fn e2e_plugin_every_command() {
             .catch_unwind()
             .await
     };
+    let _ = cluster.kubectl_as(
+        &cluster.kubeconfig,
+        &[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &format!("{}-inject", op.release),
+            "--ignore-not-found",
+        ],
+    );
     cluster
         .delete_namespaces(&[api_ns, cli_ns], Duration::from_secs(120))
         .await;
@@ -678,6 +705,19 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Client ID"));
+
+    // Injection on but broken: a webhook with no CA bundle, calling a Service that does not
+    // exist. It matches no namespace and fails open, so nothing else is disturbed.
+    let webhook = webhook_config(op);
+    cluster.apply_object(&webhook).await;
+    let out = run_fails(&admin, &["check"]);
+    assert!(out.stdout.contains("[FAIL] injection webhook"), "{out}");
+    assert!(out.stdout.contains("caBundle"), "{out}");
+    cluster.kubectl(&[
+        "delete",
+        "mutatingwebhookconfiguration",
+        webhook["metadata"]["name"].as_str().unwrap(),
+    ]);
 
     // The controller gone: check says the Lease went stale.
     op.stop_controller();
