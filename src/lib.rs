@@ -40,10 +40,13 @@
 //! * [`dev`]: `s2s-operator dev`, everything in one process from manifest files.
 //! * [`agent`]: `s2s-operator agent`, the workload sidecar: mounted credentials to cached,
 //!   refreshed access tokens on loopback and in files.
+//! * [`cli`]: `kubectl s2s` (the `kubectl-s2s` binary): status, rotate, token, revoke, inspect
+//!   and check, through the Kubernetes API and the token server's service proxy.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod crypto;
 pub mod dev;

@@ -508,6 +508,38 @@ impl Operator {
         url
     }
 
+    /// Starts one more token server listening on `listen` (for example a non-loopback
+    /// address that a Service's Endpoints may name, so the API server's service proxy can
+    /// reach it). Returns its base URL once it is ready.
+    pub async fn start_token_server_at(&mut self, listen: &str) -> String {
+        let url = format!("http://{listen}");
+        let log = format!("token-server-{}.log", self.servers.len() + 1);
+        let proc = self.spawn(
+            &[
+                "token-server",
+                "--namespace",
+                &self.namespace,
+                "--issuer",
+                &self.issuer,
+                "--listen",
+                listen,
+            ],
+            &self.server_kubeconfig.clone(),
+            &log,
+        );
+        self.servers.push((url.clone(), proc));
+        eventually(
+            Duration::from_secs(90),
+            &format!("{url}/readyz"),
+            || async {
+                let r = http().get(format!("{url}/readyz")).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            },
+        )
+        .await;
+        url
+    }
+
     /// Where the processes write their logs.
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().to_owned()
