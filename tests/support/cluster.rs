@@ -465,20 +465,26 @@ impl Operator {
     /// Starts a token server; the first listens on the issuer's port. Returns its base URL
     /// once it is ready.
     pub async fn start_token_server(&mut self) -> String {
-        let url = if self.servers.is_empty() {
-            self.issuer.clone()
+        let listen = if self.servers.is_empty() {
+            self.issuer
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_owned()
         } else {
-            format!("http://127.0.0.1:{}", free_port())
+            format!("127.0.0.1:{}", free_port())
         };
-        let url = if self.issuer.starts_with("https://") {
-            url.replacen("http://", "https://", 1)
+        self.start_token_server_at(&listen).await
+    }
+
+    /// Starts a token server listening on `listen` (an address of this machine; HTTPS when
+    /// the operator's TLS is on). Returns its base URL once it is ready.
+    pub async fn start_token_server_at(&mut self, listen: &str) -> String {
+        let scheme = if self.issuer.starts_with("https://") {
+            "https"
         } else {
-            url
+            "http"
         };
-        let listen = url
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .to_owned();
+        let url = format!("{scheme}://{listen}");
         let log = format!("token-server-{}.log", self.servers.len() + 1);
         let mut args: Vec<String> = [
             "token-server",
@@ -487,7 +493,7 @@ impl Operator {
             "--issuer",
             &self.issuer,
             "--listen",
-            &listen,
+            listen,
         ]
         .map(str::to_owned)
         .to_vec();
@@ -501,38 +507,6 @@ impl Operator {
             || async {
                 let client = self.client().await?;
                 let r = client.get(format!("{url}/readyz")).send().await.ok()?;
-                (r.status() == 200).then_some(())
-            },
-        )
-        .await;
-        url
-    }
-
-    /// Starts one more token server listening on `listen` (for example a non-loopback
-    /// address that a Service's Endpoints may name, so the API server's service proxy can
-    /// reach it). Returns its base URL once it is ready.
-    pub async fn start_token_server_at(&mut self, listen: &str) -> String {
-        let url = format!("http://{listen}");
-        let log = format!("token-server-{}.log", self.servers.len() + 1);
-        let proc = self.spawn(
-            &[
-                "token-server",
-                "--namespace",
-                &self.namespace,
-                "--issuer",
-                &self.issuer,
-                "--listen",
-                listen,
-            ],
-            &self.server_kubeconfig.clone(),
-            &log,
-        );
-        self.servers.push((url.clone(), proc));
-        eventually(
-            Duration::from_secs(90),
-            &format!("{url}/readyz"),
-            || async {
-                let r = http().get(format!("{url}/readyz")).send().await.ok()?;
                 (r.status() == 200).then_some(())
             },
         )
