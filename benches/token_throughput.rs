@@ -164,6 +164,41 @@ fn main() {
             100.0 * tokens / raw
         );
     }
+
+    println!(
+        "== the audit trail: ES256 client_credentials, audit off and on (a file), runs alternating =="
+    );
+    let dir = std::env::temp_dir().join(format!("s2s-bench-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("audit.jsonl");
+    let (mut off, mut on, mut off_wall, mut on_wall) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let run = http_run(KeyAlgorithm::ES256, Duration::from_secs(secs));
+        off.push(run.per_cpu_second);
+        off_wall.push(run.tokens);
+        let run = http_run_with(
+            KeyAlgorithm::ES256,
+            Duration::from_secs(secs),
+            s2s_operator::http::audit::Target::File(file.clone()),
+        );
+        assert_eq!(run.errors, 0, "every request must succeed");
+        on.push(run.per_cpu_second);
+        on_wall.push(run.tokens);
+    }
+    let lines = std::fs::read_to_string(&file)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (off, on, off_wall, on_wall) = (median(off), median(on), median(off_wall), median(on_wall));
+    println!(
+        "audit off, tokens per server CPU-second:  {off:>10.0}/s  (wall clock {off_wall:.0}/s)"
+    );
+    println!("audit on,  tokens per server CPU-second:  {on:>10.0}/s  (wall clock {on_wall:.0}/s)");
+    println!(
+        "cost of the audit trail:                  {:>9.1}% per core, {:.1}% wall clock ({lines} records written)",
+        100.0 * (1.0 - on / off),
+        100.0 * (1.0 - on_wall / off_wall)
+    );
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {
@@ -197,6 +232,14 @@ fn thread_cpu(thread: &str) -> Duration {
 }
 
 fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
+    http_run_with(alg, length, s2s_operator::http::audit::Target::Off)
+}
+
+fn http_run_with(
+    alg: KeyAlgorithm,
+    length: Duration,
+    audit: s2s_operator::http::audit::Target,
+) -> HttpRun {
     let secret = crypto::random_secret();
     let client_id = "bench-client".to_owned();
     let mut registry = Registry::new(false);
@@ -256,7 +299,11 @@ fn http_run(alg: KeyAlgorithm, length: Duration) -> HttpRun {
                     keys,
                     Arc::new(SystemClock),
                 ));
-                let state = AppState::new(core);
+                let state = AppState::with(
+                    core,
+                    Default::default(),
+                    s2s_operator::http::Audit::new(&audit).unwrap(),
+                );
                 state.set_ready(true);
                 // "<pid>/task/<tid>": lets the client read this thread's CPU time.
                 let me = std::fs::read_link("/proc/thread-self")

@@ -91,6 +91,8 @@ struct DevArgs {
     allow_unclaimed_audiences: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 /// Settings shared by `controller` and `token-server`. The cluster is reached as kubectl
@@ -145,6 +147,20 @@ struct LimitArgs {
     /// for clients that have not succeeded from it.
     #[arg(long, env = "S2S_AUTH_SOURCE_FAILURES", default_value_t = 100)]
     auth_source_failures: u32,
+}
+
+/// The audit trail of the token endpoints.
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// Where one JSON line per token, introspection and revocation request goes: `off`,
+    /// `stdout`, `stderr` (between log lines) or a file path (appended).
+    #[arg(
+        long = "audit-log",
+        env = "S2S_AUDIT_LOG",
+        default_value = "off",
+        value_name = "TARGET"
+    )]
+    audit_log: s2s_operator::http::audit::Target,
 }
 
 impl LimitArgs {
@@ -273,6 +289,8 @@ struct TokenServerArgs {
     allow_unclaimed_audiences: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
     /// On SIGTERM, keep answering this long with `/readyz` failing and every connection
     /// closed after its answer, then stop (Go duration; below the Pod's grace period).
     #[arg(long, env = "S2S_SHUTDOWN_DRAIN", default_value = "5s", value_parser = parse_duration)]
@@ -563,6 +581,7 @@ async fn token_server(
         max_token_lifetime: args.cluster.max_token_lifetime,
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
         limits: args.limits.limits(),
+        audit: args.audit.audit_log,
         shutdown_drain: args.shutdown_drain,
     };
     token_server::run(
@@ -606,6 +625,7 @@ fn run_dev(args: DevArgs) -> Result<(), String> {
         allow_unclaimed_audiences: args.allow_unclaimed_audiences,
         poll_interval: Duration::from_secs(1),
         limits: args.limits.limits(),
+        audit: args.audit.audit_log,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -105,6 +105,7 @@ async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::S
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
         limits: Default::default(),
+        audit: s2s_operator::http::audit::Target::Off,
         shutdown_drain: Duration::from_millis(100),
     };
     tokio::spawn(async move {

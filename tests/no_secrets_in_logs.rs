@@ -251,7 +251,13 @@ fn files_under(dir: &Path) -> Vec<(String, String)> {
 async fn no_secret_reaches_the_logs_or_the_statuses() {
     let manifests = manifests_dir(&[("world.yaml", &world("1"))]);
     let state = tempfile::tempdir().unwrap();
-    let dev = DevServer::start_with_log(manifests.path(), state.path(), &[], "trace");
+    let dev = DevServer::start_with_log(
+        manifests.path(),
+        state.path(),
+        // The audit trail among the log lines, so the same scan covers it.
+        &["--audit-log", "stderr"],
+        "trace",
+    );
     let c = Client {
         url: dev.issuer.clone(),
         // A fresh connection per request: after the oversized-body case the server closes
@@ -607,7 +613,14 @@ async fn no_secret_reaches_the_logs_or_the_statuses() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Nothing secret in what dev printed, nor in its status files.
-    let mut places = vec![("dev's stdout and stderr".to_owned(), dev.logs())];
+    let logs = dev.logs();
+    for outcome in ["issued", "refused", "exchanged", "revoked"] {
+        assert!(
+            logs.contains(&format!("\"outcome\":\"{outcome}\"")),
+            "the audit trail has {outcome} records to scan"
+        );
+    }
+    let mut places = vec![("dev's stdout and stderr".to_owned(), logs)];
     places.extend(files_under(&state.path().join(".s2s/status")));
     assert!(places.len() > 1, "status files exist");
     // Nothing of ours logs at TRACE; DEBUG lines (refused requests) show the filter is open.

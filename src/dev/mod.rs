@@ -59,11 +59,16 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Brute-force protection of client authentication.
     pub limits: http::Limits,
+    /// Where the audit trail goes.
+    pub audit: http::audit::Target,
 }
 
 /// What can stop `dev`.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
+    /// The audit file cannot be opened.
+    #[error("audit log: {0}")]
+    Audit(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -180,7 +185,8 @@ pub async fn run(
         }
     });
     let key_refresh = tokio::spawn(trusted.clone().run(std::future::pending()));
-    let app = AppState::with_limits(core, dev.options.limits.clone());
+    let audit = http::Audit::new(&dev.options.audit).map_err(|e| DevError::Audit(e.to_string()))?;
+    let app = AppState::with(core, dev.options.limits.clone(), audit);
     let sink: Arc<dyn RevocationSink> = Arc::new(StateRevocations {
         state: Arc::new(std::sync::Mutex::new(dev.state.clone())),
     });

@@ -2,6 +2,7 @@
 //! revocation, health and metrics. Handlers only translate: bytes and headers in, the core's
 //! answer out, as RFC 6749 §5 JSON with `Cache-Control: no-store`.
 
+pub mod audit;
 mod limiter;
 mod metrics;
 
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+pub use audit::Audit;
 pub use limiter::{Limiter, Limits, Refusal};
 pub use metrics::Metrics;
 
@@ -41,6 +43,8 @@ pub struct AppState {
     /// Shutting down: `/readyz` says 503 so load balancers stop sending, every answer closes
     /// its connection, and requests are still served.
     pub draining: AtomicBool,
+    /// The audit trail.
+    pub audit: Audit,
 }
 
 /// Records a revoked token where every token-server replica sees it.
@@ -56,18 +60,16 @@ pub trait RevocationSink: Send + Sync {
 impl AppState {
     /// State around a core, not yet ready.
     pub fn new(core: Arc<Core>) -> Arc<Self> {
-        Arc::new(Self {
-            core,
-            metrics: Metrics::new(),
-            ready: AtomicBool::new(false),
-            revocation_sink: std::sync::OnceLock::new(),
-            limiter: Limiter::default(),
-            draining: AtomicBool::new(false),
-        })
+        Self::with(core, Limits::default(), Audit::default())
     }
 
     /// State around a core, not yet ready, with these brute-force limits.
     pub fn with_limits(core: Arc<Core>, limits: Limits) -> Arc<Self> {
+        Self::with(core, limits, Audit::default())
+    }
+
+    /// State around a core, not yet ready, with these limits and this audit trail.
+    pub fn with(core: Arc<Core>, limits: Limits, audit: Audit) -> Arc<Self> {
         Arc::new(Self {
             core,
             metrics: Metrics::new(),
@@ -75,6 +77,7 @@ impl AppState {
             revocation_sink: std::sync::OnceLock::new(),
             limiter: Limiter::new(limits),
             draining: AtomicBool::new(false),
+            audit,
         })
     }
 
@@ -266,19 +269,63 @@ async fn token(
         Err((status, e)) => {
             s.metrics
                 .observe("token", "unknown", e.code.as_str(), start);
+            s.audit.record(|| audit::Record {
+                error: Some(e.code.as_str()),
+                source,
+                ..audit::Record::new("token", "refused")
+            });
             return error_response(status, &e);
         }
     };
     let grant_type = metrics::grant_type_label(params.get("grant_type"));
+    let issued = if grant_type == "token_exchange" {
+        "exchanged"
+    } else {
+        "issued"
+    };
+    let refused = |e: &OAuthError| {
+        s.audit.record(|| audit::Record {
+            error: Some(e.code.as_str()),
+            grant_type: Some(grant_type),
+            client_id: auth.client_id_hint(),
+            audiences: params
+                .all("audience")
+                .iter()
+                .chain(params.all("resource"))
+                .map(String::as_str)
+                .collect(),
+            scopes: params
+                .get("scope")
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect(),
+            tenant: params.all("tenant").first().map(String::as_str),
+            source,
+            ..audit::Record::new("token", "refused")
+        })
+    };
+    let granted = |claims: Option<&crate::token::AccessClaims>| {
+        if let Some(c) = claims {
+            s.audit.record(|| audit::Record {
+                grant_type: Some(grant_type),
+                source,
+                ..audit::Record::new("token", issued).with_claims(c)
+            });
+        }
+    };
     if params.all("tenant").len() > 1 {
         return match s.guarded(&auth, source, || s.core.tenant_tokens(&auth, &params)) {
             Ok(v) => {
                 s.metrics.observe("token", grant_type, "ok", start);
+                for t in &v.tokens {
+                    granted(t.token.claims.as_deref());
+                }
                 json_response(StatusCode::OK, serde_json::to_vec(&v).expect("serializes"))
             }
             Err(e) => {
                 s.metrics
                     .observe("token", grant_type, e.code.as_str(), start);
+                refused(&e);
                 error_response(StatusCode::BAD_REQUEST, &e)
             }
         };
@@ -286,6 +333,7 @@ async fn token(
     match s.guarded(&auth, source, || s.core.token(&auth, &params)) {
         Ok(resp) => {
             s.metrics.observe("token", grant_type, "ok", start);
+            granted(resp.claims.as_deref());
             json_response(
                 StatusCode::OK,
                 serde_json::to_vec(&resp).expect("token response serializes"),
@@ -294,6 +342,7 @@ async fn token(
         Err(e) => {
             s.metrics
                 .observe("token", grant_type, e.code.as_str(), start);
+            refused(&e);
             tracing::debug!(error = %e, ?auth, "token request refused");
             error_response(StatusCode::BAD_REQUEST, &e)
         }
@@ -326,6 +375,11 @@ async fn form_endpoint(
         }
         Err((status, e)) => {
             s.metrics.observe(endpoint, "none", e.code.as_str(), start);
+            s.audit.record(|| audit::Record {
+                error: Some(e.code.as_str()),
+                source,
+                ..audit::Record::new(endpoint, "refused")
+            });
             error_response(status, &e)
         }
     }
@@ -345,6 +399,18 @@ async fn introspect(
         body,
         |auth, params| {
             let v = s.core.introspect(auth, params)?;
+            s.audit.record(|| {
+                let active = v["active"] == true;
+                audit::Record {
+                    client_id: auth.client_id_hint(),
+                    subject: v["sub"].as_str(),
+                    audiences: v["aud"].as_str().into_iter().collect(),
+                    jti: v["jti"].as_str(),
+                    exp: v["exp"].as_u64(),
+                    source: source_of(&ext),
+                    ..audit::Record::new("introspect", if active { "active" } else { "inactive" })
+                }
+            });
             Ok(json_response(
                 StatusCode::OK,
                 serde_json::to_vec(&v).expect("introspection serializes"),
@@ -365,11 +431,18 @@ async fn revoke(
     if let Some(resp) = not_ready(&s, "revoke", start) {
         return resp;
     }
+    let mut caller = None;
     let outcome = match read_form(&headers, body).await {
-        Ok((auth, params)) => s
-            .guarded(&auth, source, || s.core.revoke(&auth, &params))
-            .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+        Ok((auth, params)) => {
+            caller = auth.client_id_hint().map(str::to_owned);
+            s.guarded(&auth, source, || s.core.revoke(&auth, &params))
+                .map_err(|e| (StatusCode::BAD_REQUEST, e))
+        }
         Err(e) => Err(e),
+    };
+    let revoked = match &outcome {
+        Ok(Some((jti, exp))) => Some((jti.clone(), *exp)),
+        _ => None,
     };
     let result = match outcome {
         Ok(Some((jti, exp))) => match s.revocation_sink.get() {
@@ -389,6 +462,22 @@ async fn revoke(
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
+    s.audit.record(|| audit::Record {
+        error: result.as_ref().err().map(|(_, e)| e.code.as_str()),
+        client_id: caller.as_deref(),
+        jti: revoked.as_ref().map(|(j, _)| j.as_str()),
+        exp: revoked.as_ref().map(|(_, e)| *e),
+        source,
+        ..audit::Record::new(
+            "revoke",
+            match (&result, &revoked) {
+                (Err(_), _) => "refused",
+                (Ok(()), Some(_)) => "revoked",
+                // RFC 7009 §2.2: an unknown or foreign token is answered 200, and nothing happens.
+                (Ok(()), None) => "ignored",
+            },
+        )
+    });
     match result {
         Ok(()) => {
             s.metrics.observe("revoke", "none", "ok", start);

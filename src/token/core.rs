@@ -186,6 +186,9 @@ pub struct TokenResponse {
     /// RFC 8693 §2.2.1: the type of the issued token, on token exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<String>,
+    /// The claims signed into `access_token`, for the audit trail (never serialized).
+    #[serde(skip)]
+    pub claims: Option<Box<AccessClaims>>,
 }
 
 /// The claims of our access tokens (RFC 9068 §2.2).
@@ -440,6 +443,7 @@ impl Core {
             expires_in: lifetime,
             scope,
             issued_token_type: None,
+            claims: Some(Box::new(claims)),
         })
     }
 

@@ -23,6 +23,15 @@ pub const MAX_PAGE: usize = 100;
 /// Page size when `limit` is absent.
 pub const DEFAULT_PAGE: usize = 10;
 
+/// The answer to a multi-tenant token request.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct TenantTokens {
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// One token per tenant asked for, in tenant order.
+    pub tokens: Vec<TenantToken>,
+}
+
 /// One tenant's token in a multi-tenant answer.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct TenantToken {
@@ -102,7 +111,11 @@ impl Core {
 
     /// `POST /oauth2/token` with several `tenant` parameters (client credentials): one token
     /// per tenant, or an error and nothing issued.
-    pub fn tenant_tokens(&self, auth: &ClientAuth, params: &Params) -> Result<Value, OAuthError> {
+    pub fn tenant_tokens(
+        &self,
+        auth: &ClientAuth,
+        params: &Params,
+    ) -> Result<TenantTokens, OAuthError> {
         if params.get("grant_type") != Some(super::core::CLIENT_CREDENTIALS) {
             return Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
@@ -130,7 +143,10 @@ impl Core {
                 token,
             });
         }
-        Ok(json!({ "token_type": "Bearer", "tokens": tokens }))
+        Ok(TenantTokens {
+            token_type: "Bearer",
+            tokens,
+        })
     }
 
     /// `GET /v1/tenants`: the tenants that granted the client access, sorted, `limit` per

@@ -52,6 +52,8 @@ pub struct Options {
     pub allow_unclaimed_audiences: bool,
     /// Brute-force protection of client authentication.
     pub limits: http::Limits,
+    /// Where the audit trail goes.
+    pub audit: http::audit::Target,
     /// On stop, how long to keep answering (with `/readyz` at 503 and `Connection: close`)
     /// before closing, so load balancers and keep-alive clients move away without a lost
     /// request.
@@ -80,6 +82,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The audit file cannot be opened.
+    #[error("audit log: {0}")]
+    Audit(String),
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
@@ -151,7 +156,8 @@ pub async fn run(
         placeholder,
         clock.clone(),
     ));
-    let state = AppState::with_limits(core, options.limits.clone());
+    let audit = http::Audit::new(&options.audit).map_err(|e| ServeError::Audit(e.to_string()))?;
+    let state = AppState::with(core, options.limits.clone(), audit);
 
     let changed = Arc::new(Notify::new());
     let (accounts, accounts_w) = reflector::store();

@@ -189,6 +189,7 @@ seccompProfile:
     - --agent-image={{ include "s2s.image" . }}
     - --agent-image-pull-policy={{ .Values.image.pullPolicy }}
     {{- end }}
+    - --audit-log={{ .Values.auditLog }}
     {{- if .Values.allowUnclaimedAudiences }}
     - --allow-unclaimed-audiences
     {{- end }}
