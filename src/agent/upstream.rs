@@ -156,18 +156,7 @@ impl Upstream {
         audience: &str,
         scopes: &[String],
     ) -> Result<Issued, UpstreamError> {
-        let body = {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials");
-            form.append_pair("audience", audience);
-            if !scopes.is_empty() {
-                form.append_pair("scope", &scopes.join(" "));
-            }
-            for (k, v) in &auth.form {
-                form.append_pair(k, v);
-            }
-            form.finish()
-        };
+        let body = client_credentials_form(audience, scopes, &auth.form);
         let uri: hyper::Uri = token_url
             .parse()
             .map_err(|_| UpstreamError::Unreachable("the token URL is not a URL".into()))?;
@@ -236,6 +225,25 @@ fn build(
     HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(https_connector(roots))
+}
+
+/// The body of a `client_credentials` request for `audience` and `scopes`, with the client
+/// authentication's form fields (`client_id`, `client_assertion`, …) appended.
+pub fn client_credentials_form(
+    audience: &str,
+    scopes: &[String],
+    auth_fields: &[(&'static str, String)],
+) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    form.append_pair("audience", audience);
+    if !scopes.is_empty() {
+        form.append_pair("scope", &scopes.join(" "));
+    }
+    for (k, v) in auth_fields {
+        form.append_pair(k, v);
+    }
+    form.finish()
 }
 
 /// The innermost cause of a client error (the outer ones say only "client error").

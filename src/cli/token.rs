@@ -37,16 +37,7 @@ pub struct TokenArgs {
 
 /// The form of a `client_credentials` request.
 pub fn token_form(audience: &str, scopes: &[String], auth: &creds::ClientAuth) -> String {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", "client_credentials");
-    form.append_pair("audience", audience);
-    if !scopes.is_empty() {
-        form.append_pair("scope", &scopes.join(" "));
-    }
-    for (k, v) in &auth.form {
-        form.append_pair(k, v);
-    }
-    form.finish()
+    crate::agent::upstream::client_credentials_form(audience, scopes, &auth.form)
 }
 
 /// What to do about a refused token request.
