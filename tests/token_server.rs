@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use support::{DevServer, free_port, http, jwks, manifests_dir, snapshot, verify_access_token};
 
 const ORDERS: &str = "https://orders.test";
+const STOCK: &str = "https://stock.test";
 
 const WORLD: &str = r#"
 apiVersion: s2s.dev/v1alpha1
@@ -36,10 +37,18 @@ spec:
 ---
 apiVersion: s2s.dev/v1alpha1
 kind: ServiceAccount
+metadata: {name: stock, namespace: warehouse}
+spec:
+  api: {audience: https://stock.test}
+  authentication:
+    clientSecret: {secretName: stock-creds}
+---
+apiVersion: s2s.dev/v1alpha1
+kind: ServiceAccount
 metadata: {name: worker, namespace: team}
 spec:
   scopes: ["orders:*"]
-  audiences: ["https://orders.test", "https://ungranted.test"]
+  audiences: ["https://orders.test", "https://ungranted.test", "https://stock.test"]
   tokenLifetime: 10m
   authentication:
     clientSecret: {secretName: worker-creds}
@@ -90,6 +99,16 @@ spec:
   subject: {serviceAccount: {name: worker, namespace: team}}
   audience: https://orders.test
   scopes: ["orders:read", "orders:write"]
+---
+# The warehouse lets the worker read stock levels of orders: with the grant above, one
+# token may name both audiences (RFC 8707), with the scopes both allow.
+apiVersion: s2s.dev/v1alpha1
+kind: TokenGrant
+metadata: {name: worker, namespace: warehouse}
+spec:
+  subject: {serviceAccount: {name: worker, namespace: team}}
+  audience: https://stock.test
+  scopes: ["orders:read"]
 ---
 apiVersion: s2s.dev/v1alpha1
 kind: TokenGrant
@@ -326,6 +345,164 @@ async fn no_scope_asked_gives_every_granted_scope_and_resource_works_like_audien
         ORDERS,
     );
     assert_eq!(claims["scope"], "orders:read orders:write");
+}
+
+#[tokio::test]
+async fn one_token_for_several_audiences_carries_what_all_of_them_allow() {
+    let w = start();
+    let s = &w.server;
+    let keys = jwks(&s.issuer).await;
+    let (client, client_id) = oauth_client(s, "team", "worker-creds", AuthType::BasicAuth);
+    // Two targets through the third-party client: `resource` and `audience` both count.
+    let token = client
+        .exchange_client_credentials()
+        .add_extra_param("resource", ORDERS)
+        .add_extra_param("audience", STOCK)
+        .request_async(&http())
+        .await
+        .expect("a token for both audiences");
+    // No scope asked: what every audience allows (orders:write is granted at orders only).
+    assert_eq!(token.scopes().unwrap().len(), 1);
+    assert_eq!(token.scopes().unwrap()[0].as_str(), "orders:read");
+    let jwt = token.access_token().secret().clone();
+    // Each resource server verifies with a JWT library expecting its own audience alone.
+    for audience in [ORDERS, STOCK] {
+        let claims = verify_access_token(&jwt, &keys, &s.issuer, audience);
+        assert_eq!(claims["aud"], json!([ORDERS, STOCK]));
+        assert_eq!(claims["client_id"], client_id);
+        assert_eq!(claims["scope"], "orders:read");
+        let grants: Vec<&str> = claims["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap())
+            .collect();
+        assert!(
+            grants.iter().any(|g| g.starts_with("shop/worker/"))
+                && grants.iter().any(|g| g.starts_with("warehouse/worker/")),
+            "both grants named: deleting either revokes the token ({grants:?})"
+        );
+    }
+
+    let worker = s.secret("team", "worker-creds");
+    let (id, secret) = (
+        worker["client_id"].as_str(),
+        worker["client_secret"].as_str(),
+    );
+    let cc = ("grant_type", "client_credentials");
+    let url = s.token_url();
+    // A scope one audience does not allow fails the whole request, naming that audience.
+    let got = post(
+        &url,
+        Some((id, secret)),
+        &[
+            cc,
+            ("audience", ORDERS),
+            ("audience", STOCK),
+            ("scope", "orders:write"),
+        ],
+    )
+    .await;
+    assert_oauth_error(&got, 400, "invalid_scope");
+    assert!(
+        got.2["error_description"].as_str().unwrap().contains(STOCK),
+        "{got:?}"
+    );
+    // An audience without a grant fails it too; so do too many audiences.
+    assert_oauth_error(
+        &post(
+            &url,
+            Some((id, secret)),
+            &[
+                cc,
+                ("audience", STOCK),
+                ("resource", "https://ungranted.test"),
+            ],
+        )
+        .await,
+        400,
+        "invalid_target",
+    );
+    let many: Vec<String> = (0..9).map(|i| format!("https://t{i}.test")).collect();
+    let mut form = vec![cc];
+    form.extend(many.iter().map(|a| ("audience", a.as_str())));
+    assert_oauth_error(
+        &post(&url, Some((id, secret)), &form).await,
+        400,
+        "invalid_target",
+    );
+    // The same audience twice is one audience: a plain string `aud`.
+    let twice = post(
+        &url,
+        Some((id, secret)),
+        &[cc, ("audience", STOCK), ("resource", STOCK)],
+    )
+    .await;
+    assert_eq!(twice.0, 200, "{twice:?}");
+    let claims = verify_access_token(
+        twice.2["access_token"].as_str().unwrap(),
+        &keys,
+        &s.issuer,
+        STOCK,
+    );
+    assert_eq!(claims["aud"], STOCK);
+
+    // Introspection: the owner of either audience sees the token, with `aud` as the list.
+    let introspect = format!("{}/oauth2/introspect", s.issuer);
+    for (ns, name) in [("shop", "orders-creds"), ("warehouse", "stock-creds")] {
+        let api = s.secret(ns, name);
+        let seen = post(
+            &introspect,
+            Some((&api["client_id"], &api["client_secret"])),
+            &[("token", &jwt)],
+        )
+        .await;
+        assert_eq!(seen.2["active"], true, "{ns}: {seen:?}");
+        // `audience` values first, then `resource` ones.
+        assert_eq!(seen.2["aud"], json!([STOCK, ORDERS]));
+    }
+    // Exchange: the two-audience token buys a narrower one for one audience.
+    let exchanged = post(
+        &url,
+        Some((id, secret)),
+        &[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", &jwt),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", ORDERS),
+        ],
+    )
+    .await;
+    assert_eq!(exchanged.0, 200, "{exchanged:?}");
+    let narrow = verify_access_token(
+        exchanged.2["access_token"].as_str().unwrap(),
+        &keys,
+        &s.issuer,
+        ORDERS,
+    );
+    assert_eq!(narrow["aud"], ORDERS);
+    // Revocation: the client revokes it, and neither owner sees it active any more.
+    let revoked = post(
+        &format!("{}/oauth2/revoke", s.issuer),
+        Some((id, secret)),
+        &[("token", &jwt)],
+    )
+    .await;
+    assert_eq!(revoked.0, 200);
+    let api = s.secret("warehouse", "stock-creds");
+    let seen = post(
+        &introspect,
+        Some((&api["client_id"], &api["client_secret"])),
+        &[("token", &jwt)],
+    )
+    .await;
+    assert_eq!(seen.2, json!({"active": false}));
 }
 
 #[tokio::test]

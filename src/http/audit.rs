@@ -110,7 +110,7 @@ impl<'a> Record<'a> {
     pub fn with_claims(mut self, c: &'a AccessClaims) -> Self {
         self.client_id = Some(&c.client_id);
         self.subject = Some(&c.sub);
-        self.audiences = vec![c.aud.as_str()];
+        self.audiences = c.aud.iter().collect();
         self.scopes = c
             .scope
             .as_deref()

@@ -13,9 +13,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::audience::{Audience, MAX_AUDIENCES};
 use super::deny::DenyList;
 use super::error::{ErrorCode, OAuthError};
-use super::registry::{self, Client, Registry};
+use super::registry::{self, Client, Grant, Registry};
 use super::request::{ClientAuth, Params};
 use super::scopes;
 use crate::crypto::{self, Jwk, SigningKey};
@@ -33,7 +34,7 @@ pub(super) struct Mint {
     pub(super) sub: String,
     pub(super) client_id: String,
     pub(super) lifetime: Duration,
-    pub(super) audience: String,
+    pub(super) audience: Audience,
     pub(super) scope: Vec<String>,
     pub(super) tenant: Option<String>,
     pub(super) act: Option<Value>,
@@ -198,8 +199,8 @@ pub struct AccessClaims {
     pub iss: String,
     /// Subject: the client id for client credentials.
     pub sub: String,
-    /// Audience.
-    pub aud: String,
+    /// Audience: a string for one, a list for several (RFC 7519 §4.1.3).
+    pub aud: Audience,
     /// Expiry.
     pub exp: u64,
     /// Issued at.
@@ -285,7 +286,12 @@ impl Core {
     /// its namespace) is deleted, so deletion never waits on the controller.
     pub(super) fn is_void(&self, c: &AccessClaims, now: u64) -> bool {
         self.revoked.contains(&c.jti, now)
-            || self.deny.load().denies(&c.jti, &c.sub, &c.aud, c.iat, now)
+            || {
+                let deny = self.deny.load();
+                c.aud
+                    .iter()
+                    .any(|aud| deny.denies(&c.jti, &c.sub, aud, c.iat, now))
+            }
             || self.grants_gone(&self.registry.load(), c)
     }
 
@@ -382,35 +388,30 @@ impl Core {
                 "several tenants: ask the multi-tenant form (one token per tenant)",
             ));
         }
-        let audience = self.audience(&client, params)?;
-        let grants = registry.grants_for(&client, &audience);
-        if grants.is_empty() {
-            return Err(OAuthError::invalid_target(format!(
-                "no TokenGrant lets this client get tokens for {audience}"
-            )));
-        }
-        let granted: Vec<String> = grants
-            .iter()
-            .flat_map(|g| g.scopes.iter().cloned())
-            .collect();
-        let defined = registry
-            .api(&audience)
-            .map(|a| a.scopes.as_slice())
-            .unwrap_or_default();
-        let scope =
-            scopes::resolve(&params.scopes(), &client.scopes, &granted, defined).map_err(|s| {
-                OAuthError::new(ErrorCode::InvalidScope, format!("scope {s} is not granted"))
-            })?;
-        let tenant = grants.iter().find_map(|g| g.tenant.clone());
+        let audience = self.audiences(&client, params)?;
+        let granted = authorize(
+            &registry,
+            &audience,
+            &client.scopes,
+            &params.scopes(),
+            |aud| registry.grants_for(&client, aud),
+        )
+        .map_err(|e| {
+            e.unwrap_or_else(|aud| {
+                OAuthError::invalid_target(format!(
+                    "no TokenGrant lets this client get tokens for {aud}"
+                ))
+            })
+        })?;
         self.mint(Mint {
             sub: client.client_id.clone(),
             client_id: client.client_id.clone(),
             lifetime: client.token_lifetime,
             audience,
-            scope,
-            tenant,
+            scope: granted.scope,
+            tenant: granted.tenant,
             act: None,
-            grants: registry::grant_refs(grants.iter().copied()),
+            grants: registry::grant_refs(granted.grants),
         })
     }
 
@@ -447,30 +448,30 @@ impl Core {
         })
     }
 
-    /// The one audience of a request: `audience` or `resource` (RFC 8707), or the account's
-    /// only audience.
-    pub(super) fn audience(&self, client: &Client, params: &Params) -> Result<String, OAuthError> {
-        let mut asked: Vec<&String> = params
-            .all("audience")
-            .iter()
-            .chain(params.all("resource"))
-            .collect();
-        asked.dedup();
-        let audience = match asked.as_slice() {
-            [] => match client.audiences.as_slice() {
-                [only] => only.clone(),
+    /// The audiences of a request: every `audience` and `resource` (RFC 8707), in order and
+    /// without repeats, or the account's only audience. Each must be among the account's.
+    pub(super) fn audiences(
+        &self,
+        client: &Client,
+        params: &Params,
+    ) -> Result<Audience, OAuthError> {
+        let audience = match requested_audiences(params)? {
+            Some(asked) => asked,
+            None => match client.audiences.as_slice() {
+                [only] => Audience::one(only.clone()),
                 _ => {
                     return Err(OAuthError::invalid_target(
                         "name the audience (audience or resource parameter)",
                     ));
                 }
             },
-            [one] => (*one).clone(),
-            _ => return Err(OAuthError::invalid_target("ask for one audience per token")),
         };
-        if !client.audiences.contains(&audience) {
+        if let Some(other) = audience
+            .iter()
+            .find(|a| !client.audiences.iter().any(|c| c == a))
+        {
             return Err(OAuthError::invalid_target(format!(
-                "audience {audience} is not among the account's audiences"
+                "audience {other} is not among the account's audiences"
             )));
         }
         Ok(audience)
@@ -632,8 +633,11 @@ impl Core {
         if self.is_void(&claims, now) {
             return Ok(inactive);
         }
-        let may_see =
-            claims.client_id == caller.client_id || registry.owns_audience(&caller, &claims.aud);
+        let may_see = claims.client_id == caller.client_id
+            || claims
+                .aud
+                .iter()
+                .any(|a| registry.owns_audience(&caller, a));
         if !may_see {
             return Ok(inactive);
         }
@@ -676,6 +680,90 @@ impl Core {
         }
         Ok(None)
     }
+}
+
+/// The audiences a request names (`audience` and `resource`, RFC 8707), if any.
+pub(super) fn requested_audiences(params: &Params) -> Result<Option<Audience>, OAuthError> {
+    let asked = params.all("audience").iter().chain(params.all("resource"));
+    let Some(audience) = Audience::many(asked.map(String::as_str)) else {
+        return Ok(None);
+    };
+    if audience.as_slice().len() > MAX_AUDIENCES {
+        return Err(OAuthError::invalid_target(format!(
+            "at most {MAX_AUDIENCES} audiences per token"
+        )));
+    }
+    Ok(Some(audience))
+}
+
+/// What a request may get across all its audiences.
+pub(super) struct Authorized<'r> {
+    /// Every grant that contributed, for the `grants` claim.
+    pub(super) grants: Vec<&'r Grant>,
+    /// The scopes: those asked for, each allowed at every audience; with none asked, those
+    /// every audience allows.
+    pub(super) scope: Vec<String>,
+    /// The tenant the grants stand for (they must agree).
+    pub(super) tenant: Option<String>,
+}
+
+/// Authorizes a token for every audience of `audience`: each needs a grant (`grants_of`),
+/// and the scopes are requested ∩ `ceiling` ∩ granted ∩ defined at each audience. A token
+/// for several audiences carries only what all of them allow, so it is never more than a
+/// single-audience token for any one of them. `Err(Err(audience))` names the first audience
+/// without a grant (the caller words the error); `Err(Ok(e))` is the error itself.
+pub(super) fn authorize<'r>(
+    registry: &'r Registry,
+    audience: &Audience,
+    ceiling: &[String],
+    requested: &[&str],
+    grants_of: impl Fn(&str) -> Vec<&'r Grant>,
+) -> Result<Authorized<'r>, Result<OAuthError, String>> {
+    let several = audience.as_slice().len() > 1;
+    let mut out = Authorized {
+        grants: Vec::new(),
+        scope: Vec::new(),
+        tenant: None,
+    };
+    for (i, aud) in audience.iter().enumerate() {
+        let grants = grants_of(aud);
+        if grants.is_empty() {
+            return Err(Err(aud.to_owned()));
+        }
+        let granted: Vec<String> = grants
+            .iter()
+            .flat_map(|g| g.scopes.iter().cloned())
+            .collect();
+        let defined = registry
+            .api(aud)
+            .map(|a| a.scopes.as_slice())
+            .unwrap_or_default();
+        let scope = scopes::resolve(requested, ceiling, &granted, defined).map_err(|s| {
+            let at = if several {
+                format!(" for {aud}")
+            } else {
+                String::new()
+            };
+            Ok(OAuthError::new(
+                ErrorCode::InvalidScope,
+                format!("scope {s} is not granted{at}"),
+            ))
+        })?;
+        let tenant = grants.iter().find_map(|g| g.tenant.clone());
+        if i == 0 {
+            out.scope = scope;
+            out.tenant = tenant;
+        } else {
+            out.scope.retain(|s| scope.contains(s));
+            if tenant != out.tenant {
+                return Err(Ok(OAuthError::invalid_target(
+                    "these audiences are granted for different tenants: ask for them separately",
+                )));
+            }
+        }
+        out.grants.extend(grants);
+    }
+    Ok(out)
 }
 
 /// A digest no secret has (the SHA-256 of the empty string is not one of ours: secrets are
@@ -773,6 +861,53 @@ mod tests {
     }
 
     #[test]
+    fn several_audiences_get_the_scopes_all_allow_and_must_agree_on_the_tenant() {
+        const OTHER: &str = "https://stock.test";
+        let secret = crypto::random_secret();
+        let mut r = registry(&secret, &[]);
+        r.add_api(Api {
+            audience: OTHER.into(),
+            namespace: "warehouse".into(),
+            owner: "stock".into(),
+            scopes: vec![],
+        });
+        let mut orders = grant("a", "uid-a");
+        orders.scopes = vec!["orders:read".into(), "orders:write".into()];
+        let mut stock = grant("s", "uid-s");
+        stock.namespace = "warehouse".into();
+        stock.audience = OTHER.into();
+        let audience = Audience::many([AUDIENCE, OTHER]).unwrap();
+        let ceiling = vec!["orders:*".to_owned()];
+        let run = |r: &Registry, requested: &[&str], grants: [&Grant; 2]| {
+            authorize(r, &audience, &ceiling, requested, |aud| {
+                grants.into_iter().filter(|g| g.audience == aud).collect()
+            })
+            .map(|a| (a.scope, a.tenant, a.grants.len()))
+            .map_err(|e| e.map(|e| e.code))
+        };
+        assert_eq!(
+            run(&r, &[], [&orders, &stock]),
+            Ok((vec!["orders:read".into()], None, 2))
+        );
+        assert_eq!(
+            run(&r, &["orders:write"], [&orders, &stock]),
+            Err(Ok(ErrorCode::InvalidScope))
+        );
+        stock.tenant = Some("acme".into());
+        assert_eq!(
+            run(&r, &[], [&orders, &stock]),
+            Err(Ok(ErrorCode::InvalidTarget))
+        );
+        orders.tenant = Some("acme".into());
+        assert_eq!(
+            run(&r, &["orders:read"], [&orders, &stock]),
+            Ok((vec!["orders:read".into()], Some("acme".into()), 2))
+        );
+        stock.audience = "https://elsewhere".into();
+        assert_eq!(run(&r, &[], [&orders, &stock]), Err(Err(OTHER.to_owned())));
+    }
+
+    #[test]
     fn tokens_name_every_grant_that_contributed() {
         let secret = crypto::random_secret();
         let core = core(registry(
@@ -826,7 +961,7 @@ mod tests {
         let mut deny = BTreeMap::new();
         let entry = GrantRevocation {
             sub: claims.sub.clone(),
-            audience: claims.aud.clone(),
+            audience: claims.aud.first().to_owned(),
             before: claims.iat,
             until: claims.exp + 60,
         };

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::core::{AccessClaims, Core, Mint, TokenResponse, unix};
+use super::audience::Audience;
+use super::core::{AccessClaims, Core, Mint, TokenResponse, authorize, requested_audiences, unix};
 use super::error::{ErrorCode, OAuthError};
 use super::registry::{Client, FederatedMatch, Grant, Registry, grant_refs, wildcard_match};
 use super::request::{ClientAuth, Params};
-use super::scopes;
 use crate::trusted_issuer::verify::{Verified, VerifyError};
 
 /// RFC 8693 token type of an access token.
@@ -112,7 +112,8 @@ impl Core {
         let accepted = self.verify_external(assertion).map_err(|e| {
             OAuthError::new(ErrorCode::InvalidGrant, format!("assertion refused: {e}"))
         })?;
-        let asked = requested_audience(params)?;
+        let asked = requested_audiences(params)?;
+        let everything = ["*".to_owned()];
         for v in &accepted {
             let audience = match &asked {
                 Some(a) => a.clone(),
@@ -120,7 +121,7 @@ impl Core {
                     .issuer_grant_audiences(&v.trusted_issuer, &v.sub)
                     .as_slice()
                 {
-                    [only] => only.clone(),
+                    [only] => Audience::one(only.clone()),
                     [] => continue,
                     _ => {
                         return Err(OAuthError::invalid_target(
@@ -129,11 +130,15 @@ impl Core {
                     }
                 },
             };
-            let grants = registry.issuer_grants_for(&v.trusted_issuer, &v.sub, &audience);
-            if grants.is_empty() {
-                continue;
-            }
-            let scope = grant_scopes(&registry, &grants, &audience, None, params)?;
+            let granted =
+                match authorize(&registry, &audience, &everything, &params.scopes(), |aud| {
+                    registry.issuer_grants_for(&v.trusted_issuer, &v.sub, aud)
+                }) {
+                    Ok(granted) => granted,
+                    // No grant for this issuer's subject: another accepted issuer may have one.
+                    Err(Err(_)) => continue,
+                    Err(Ok(e)) => return Err(e),
+                };
             let now = unix(self.clock.now());
             let lifetime =
                 JWT_BEARER_LIFETIME.min(Duration::from_secs(v.exp.saturating_sub(now).max(1)));
@@ -144,10 +149,10 @@ impl Core {
                     .map_or_else(|| v.sub.clone(), |c| c.client_id.clone()),
                 lifetime,
                 audience,
-                scope,
-                tenant: grants.iter().find_map(|g| g.tenant.clone()),
+                scope: granted.scope,
+                tenant: granted.tenant,
                 act: None,
-                grants: grant_refs(grants.iter().copied()),
+                grants: grant_refs(granted.grants),
             });
         }
         Err(OAuthError::invalid_target(
@@ -208,25 +213,35 @@ impl Core {
             }
         }
         let subject = self.exchange_subject(subject_token)?;
-        let audience = self.audience(&client, params)?;
+        let audience = self.audiences(&client, params)?;
         let own = subject.issuer.is_none() && subject.sub == client.client_id;
-        let grants: Vec<&Grant> = registry
-            .grants_for(&client, &audience)
-            .into_iter()
-            .filter(|g| own || delegation_allows(g, &subject))
-            .collect();
-        if grants.is_empty() {
-            return Err(if own {
-                OAuthError::invalid_target(format!(
-                    "no TokenGrant lets this client get tokens for {audience}"
-                ))
-            } else {
-                OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    format!("no TokenGrant lets this client act for that subject at {audience}"),
-                )
-            });
-        }
+        let granted = authorize(
+            &registry,
+            &audience,
+            &client.scopes,
+            &params.scopes(),
+            |aud| {
+                registry
+                    .grants_for(&client, aud)
+                    .into_iter()
+                    .filter(|g| own || delegation_allows(g, &subject))
+                    .collect()
+            },
+        )
+        .map_err(|e| {
+            e.unwrap_or_else(|aud| {
+                if own {
+                    OAuthError::invalid_target(format!(
+                        "no TokenGrant lets this client get tokens for {aud}"
+                    ))
+                } else {
+                    OAuthError::new(
+                        ErrorCode::UnauthorizedClient,
+                        format!("no TokenGrant lets this client act for that subject at {aud}"),
+                    )
+                }
+            })
+        })?;
         if !own && let Some(may_act) = &subject.may_act {
             let allowed = may_act.get("sub").and_then(Value::as_str)
                 == Some(client.client_id.as_str())
@@ -241,7 +256,6 @@ impl Core {
                 ));
             }
         }
-        let scope = grant_scopes(&registry, &grants, &audience, Some(&client.scopes), params)?;
         let now = unix(self.clock.now());
         let remaining = Duration::from_secs(subject.exp.saturating_sub(now).max(1));
         let act = (!own).then(|| {
@@ -256,10 +270,10 @@ impl Core {
             client_id: client.client_id.clone(),
             lifetime: client.token_lifetime.min(remaining),
             audience,
-            scope,
-            tenant: grants.iter().find_map(|g| g.tenant.clone()),
+            scope: granted.scope,
+            tenant: granted.tenant,
             act,
-            grants: grant_refs(grants.iter().copied()),
+            grants: grant_refs(granted.grants),
         })?;
         resp.issued_token_type = Some(ACCESS_TOKEN_TYPE.into());
         Ok(resp)
@@ -327,43 +341,6 @@ fn federated_match(m: &FederatedMatch, v: &Verified) -> bool {
         && m.claims
             .iter()
             .all(|(k, want)| v.claims.get(k).and_then(Value::as_str) == Some(want.as_str()))
-}
-
-/// The one audience asked for, if any (`audience` or `resource`).
-fn requested_audience(params: &Params) -> Result<Option<String>, OAuthError> {
-    let mut asked: Vec<&String> = params
-        .all("audience")
-        .iter()
-        .chain(params.all("resource"))
-        .collect();
-    asked.dedup();
-    match asked.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some((*one).clone())),
-        _ => Err(OAuthError::invalid_target("ask for one audience per token")),
-    }
-}
-
-/// requested ∩ ceiling ∩ granted ∩ the API's scopes (all granted when none is asked).
-fn grant_scopes(
-    registry: &Registry,
-    grants: &[&Grant],
-    audience: &str,
-    ceiling: Option<&[String]>,
-    params: &Params,
-) -> Result<Vec<String>, OAuthError> {
-    let granted: Vec<String> = grants
-        .iter()
-        .flat_map(|g| g.scopes.iter().cloned())
-        .collect();
-    let defined = registry
-        .api(audience)
-        .map(|a| a.scopes.as_slice())
-        .unwrap_or_default();
-    let everything = ["*".to_owned()];
-    let ceiling = ceiling.unwrap_or(&everything);
-    scopes::resolve(&params.scopes(), ceiling, &granted, defined)
-        .map_err(|s| OAuthError::new(ErrorCode::InvalidScope, format!("scope {s} is not granted")))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! requests (requested ∩ account ceiling ∩ grants; no grant, no token) and issues RFC 9068
 //! JWTs. The same core serves `dev`, `token-server` and the tests. Nothing here imports `kube`.
 
+pub mod audience;
 pub mod core;
 pub mod deny;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod scopes;
 pub mod tenants;
 
 pub use self::core::{AccessClaims, Clock, Config, Core, KeySet, SystemClock, TokenResponse};
+pub use audience::Audience;
 pub use error::{ErrorCode, OAuthError};
 pub use registry::{Api, Client, ClientKey, Grant, Registry, SecretVerifier};
 pub use request::{ClientAuth, Params};

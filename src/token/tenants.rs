@@ -101,7 +101,7 @@ impl Core {
             sub: client.client_id.clone(),
             client_id: client.client_id.clone(),
             lifetime: client.token_lifetime,
-            audience,
+            audience: audience.into(),
             scope,
             tenant: Some(tenant.to_owned()),
             act: None,

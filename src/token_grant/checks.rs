@@ -200,7 +200,7 @@ pub fn desired_claims(
     Some(AccessClaims {
         iss: world.issuer.trim_end_matches('/').to_owned(),
         sub: client_id.clone(),
-        aud: grant.spec.audience.clone(),
+        aud: grant.spec.audience.as_str().into(),
         exp: now_s + lifetime.as_secs(),
         iat: now_s,
         nbf: now_s,

@@ -246,6 +246,16 @@ pub fn verify_access_token(token: &str, jwks: &Value, issuer: &str, audience: &s
     v["exp"] = Value::from(claims.expires_at.map(|t| t.as_secs()));
     v["iat"] = Value::from(claims.issued_at.map(|t| t.as_secs()));
     v["nbf"] = Value::from(claims.invalid_before.map(|t| t.as_secs()));
+    v["aud"] = match &claims.audiences {
+        Some(Audiences::AsString(one)) => Value::from(one.clone()),
+        Some(Audiences::AsSet(set)) => {
+            // jwt-simple keeps a set: the token's order is not kept, so sort for comparisons.
+            let mut list: Vec<&String> = set.iter().collect();
+            list.sort();
+            Value::from(list.into_iter().cloned().collect::<Vec<_>>())
+        }
+        None => Value::Null,
+    };
     v
 }
 
