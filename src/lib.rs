@@ -44,6 +44,7 @@
 //!   and check, through the Kubernetes API and the token server's service proxy.
 #![forbid(unsafe_code)]
 
+pub mod access_token;
 pub mod agent;
 pub mod api;
 pub mod cli;

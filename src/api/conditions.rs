@@ -89,4 +89,9 @@ pub mod reasons {
     pub const ISSUE_FAILED: &str = "IssueFailed";
     /// A grant's output token was renewed before it expired.
     pub const RENEWED: &str = "Renewed";
+    /// No TokenGrant lets the account get tokens for one of the audiences (or the audience is
+    /// not among the account's).
+    pub const NOT_GRANTED: &str = "NotGranted";
+    /// A scope asked for is not allowed at every audience.
+    pub const SCOPE_NOT_GRANTED: &str = "ScopeNotGranted";
 }

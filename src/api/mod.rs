@@ -1,4 +1,4 @@
-//! The three custom resource kinds of `s2s.dev/v1alpha1`, and the small types they share.
+//! The four custom resource kinds of `s2s.dev/v1alpha1`, and the small types they share.
 //!
 //! * [`ServiceAccount`]: a machine identity: what it may ask for (`scopes`, `audiences`), how
 //!   it authenticates (`clientSecret`, `privateKeyJwt`, `federated`) and, optionally, the API it
@@ -6,12 +6,15 @@
 //! * [`TrustedIssuer`]: an identity provider whose JWTs the token server accepts.
 //! * [`TokenGrant`]: who may get a token for which audience, with which scopes. It lives in the
 //!   namespace of the resource owner, so namespace RBAC decides who can open an API.
+//! * [`AccessToken`]: a token kept renewed in a Secret in the client's namespace, as far as
+//!   the TokenGrants allow.
 //!
 //! This module holds types and nothing else: no client, no I/O. Invariants that the API server
 //! can hold are written into the schema (CEL `x-kubernetes-validations`, lengths, enums) so that
 //! `kubectl apply` refuses nonsense; the rest is checked by the reconcilers and reported as
 //! `Ready=False` with a reason.
 
+pub mod access_token;
 pub mod conditions;
 pub mod service_account;
 pub mod token_grant;
@@ -26,6 +29,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::crypto::{Jwk, KeyAlgorithm};
+pub use access_token::{AccessToken, AccessTokenSpec, AccessTokenStatus};
 pub use conditions::Condition;
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
 pub use token_grant::{TokenGrant, TokenGrantSpec, TokenGrantStatus};
@@ -282,6 +286,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ServiceAccount::crd(),
         TrustedIssuer::crd(),
         TokenGrant::crd(),
+        AccessToken::crd(),
     ]
 }
 

@@ -34,10 +34,16 @@ use super::{
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(
+        name = "Subject",
+        type_ = "string",
+        json_path = ".spec.subject.serviceAccount.name"
+    ),
     printcolumn(name = "Audience", type_ = "string", json_path = ".spec.audience"),
     // A string (RFC 3339), not `date`: kubectl prints a `date` as an age (`<invalid>` when
     // it lies ahead).
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
     printcolumn(
         name = "Age",
         type_ = "date",

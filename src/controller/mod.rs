@@ -21,7 +21,8 @@ use tokio::sync::watch;
 
 pub use metrics::{Metrics, health_router};
 
-use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::access_token::controller as token_controller;
+use crate::api::{AccessToken, ServiceAccount, TokenGrant, TrustedIssuer};
 use crate::k8s::lease::{Elector, Timing};
 use crate::k8s::{self, FIELD_MANAGER};
 use crate::service_account::controller::{self as sa_controller, Ctx};
@@ -211,6 +212,7 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
     );
     let grant_store = grants_controller.store();
     let (accounts_ready, issuers_ready) = (account_store.clone(), issuer_store.clone());
+    let accounts_for_tokens = account_store.clone();
     let grants_ctx = Arc::new(grant_controller::Ctx {
         client: client.clone(),
         namespace: options.namespace.clone(),
@@ -234,11 +236,14 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
     // both stores are ready: one waiter each. Waiting inside each reconcile instead hung on a
     // real apiserver: kube-runtime's `Store::wait_until_ready` wakes only the last of several
     // concurrent waiters, so grants present at start-up were never reconciled.
+    let (stores_tx, stores_rx) = watch::channel(false);
     let ready = async move {
         let _ = accounts_ready.wait_until_ready().await;
         let _ = issuers_ready.wait_until_ready().await;
         tracing::debug!("account and issuer stores ready: starting the TokenGrant controller");
+        let _ = stores_tx.send(true);
     };
+    let grants_for_tokens = grant_store.clone();
     let grants_loop = grants_controller
         .owns(
             Api::<Secret>::all(client.clone()),
@@ -260,10 +265,22 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    let grants_loop = async move {
-        ready.await;
-        grants_loop.await;
+    let grants_loop = {
+        let mut ready = stores_rx.clone();
+        async move {
+            let _ = ready.wait_for(|r| *r).await;
+            grants_loop.await;
+        }
     };
+    let tokens_loop = access_tokens(
+        &client,
+        &options,
+        &clock,
+        &metrics,
+        accounts_for_tokens,
+        grants_for_tokens,
+        stores_rx,
+    );
     let revocations = crate::revocation::maintain(
         client.clone(),
         options.namespace.clone(),
@@ -285,13 +302,88 @@ async fn lead(client: Client, options: Options, clock: Arc<dyn Clock>, metrics: 
     };
     let keys = KeyManager::new(client, &options.namespace, options.key_policy, clock).run();
     tokio::join!(
+        ready,
         accounts_loop,
         issuers_loop,
         grants_loop,
+        tokens_loop,
         keys,
         revocations,
         tls
     );
+}
+
+/// The AccessToken controller: it owns the token Secrets, looks again when a grant naming
+/// the account or the account itself changes, and starts once the account and issuer stores
+/// (`stores_ready`) and then the grant store are ready — each store with one waiter (see the
+/// kube-runtime wake-up bug in [`lead`]).
+fn access_tokens(
+    client: &Client,
+    options: &Options,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+    accounts: kube::runtime::reflector::Store<ServiceAccount>,
+    grants: kube::runtime::reflector::Store<TokenGrant>,
+    mut stores_ready: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let controller = Controller::new(
+        Api::<AccessToken>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (by_grant, by_account) = (controller.store(), controller.store());
+    metrics.set_token_sources(grants.clone(), controller.store());
+    let grants_ready = grants.clone();
+    let ctx = Arc::new(token_controller::Ctx {
+        client: client.clone(),
+        namespace: options.namespace.clone(),
+        issuer: options.issuer.clone(),
+        max_token_lifetime: options.max_token_lifetime,
+        allow_unclaimed_audiences: options.allow_unclaimed_audiences,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        accounts,
+        grants,
+        clock: clock.clone(),
+        failures: Mutex::new(Default::default()),
+        metrics: metrics.clone(),
+    });
+    let run = controller
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&k8s::managed_selector()),
+        )
+        .watches(
+            Api::<TokenGrant>::all(client.clone()),
+            watcher::Config::default(),
+            move |g| token_controller::tokens_for_grant(&by_grant, &g),
+        )
+        .watches(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+            move |sa| token_controller::tokens_for_account(&by_account, &sa),
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency))
+        .run(
+            token_controller::reconcile,
+            token_controller::error_policy,
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    async move {
+        let _ = stores_ready.wait_for(|r| *r).await;
+        let _ = grants_ready.wait_until_ready().await;
+        tracing::debug!("grant store ready: starting the AccessToken controller");
+        run.await;
+    }
 }
 
 /// This replica's identity: `POD_NAME`, else the host name and process id.

@@ -389,20 +389,7 @@ impl Core {
             ));
         }
         let audience = self.audiences(&client, params)?;
-        let granted = authorize(
-            &registry,
-            &audience,
-            &client.scopes,
-            &params.scopes(),
-            |aud| registry.grants_for(&client, aud),
-        )
-        .map_err(|e| {
-            e.unwrap_or_else(|aud| {
-                OAuthError::invalid_target(format!(
-                    "no TokenGrant lets this client get tokens for {aud}"
-                ))
-            })
-        })?;
+        let granted = authorize_client(&registry, &client, &audience, &params.scopes())?;
         self.mint(Mint {
             sub: client.client_id.clone(),
             client_id: client.client_id.clone(),
@@ -411,7 +398,7 @@ impl Core {
             scope: granted.scope,
             tenant: granted.tenant,
             act: None,
-            grants: registry::grant_refs(granted.grants),
+            grants: granted.grants,
         })
     }
 
@@ -694,6 +681,58 @@ pub(super) fn requested_audiences(params: &Params) -> Result<Option<Audience>, O
         )));
     }
     Ok(Some(audience))
+}
+
+/// Every audience must be among the account's `spec.audiences`.
+fn among_account_audiences(client: &Client, audience: &Audience) -> Result<(), OAuthError> {
+    match audience
+        .iter()
+        .find(|a| !client.audiences.iter().any(|c| c == a))
+    {
+        Some(other) => Err(OAuthError::invalid_target(format!(
+            "audience {other} is not among the account's audiences"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What a client-credentials token for `client` may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorization {
+    /// The scopes.
+    pub scope: Vec<String>,
+    /// The tenant the grants stand for.
+    pub tenant: Option<String>,
+    /// The `grants` claim: every contributing TokenGrant.
+    pub grants: Vec<String>,
+}
+
+/// Authorizes a client-credentials token for an authenticated `client`: the audiences must be
+/// the account's, each granted, the scopes allowed at every one. The token endpoint and the
+/// AccessToken controller both decide with this, so a materialized token never carries more
+/// than the endpoint would hand out.
+pub fn authorize_client(
+    registry: &Registry,
+    client: &Client,
+    audience: &Audience,
+    requested: &[&str],
+) -> Result<Authorization, OAuthError> {
+    among_account_audiences(client, audience)?;
+    let granted = authorize(registry, audience, &client.scopes, requested, |aud| {
+        registry.grants_for(client, aud)
+    })
+    .map_err(|e| {
+        e.unwrap_or_else(|aud| {
+            OAuthError::invalid_target(format!(
+                "no TokenGrant lets this client get tokens for {aud}"
+            ))
+        })
+    })?;
+    Ok(Authorization {
+        scope: granted.scope,
+        tenant: granted.tenant,
+        grants: registry::grant_refs(granted.grants),
+    })
 }
 
 /// What a request may get across all its audiences.

@@ -13,7 +13,10 @@ pub mod request;
 pub mod scopes;
 pub mod tenants;
 
-pub use self::core::{AccessClaims, Clock, Config, Core, KeySet, SystemClock, TokenResponse};
+pub use self::core::{
+    AccessClaims, Authorization, Clock, Config, Core, KeySet, SystemClock, TokenResponse,
+    authorize_client,
+};
 pub use audience::Audience;
 pub use error::{ErrorCode, OAuthError};
 pub use registry::{Api, Client, ClientKey, Grant, Registry, SecretVerifier};

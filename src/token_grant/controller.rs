@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -192,29 +192,25 @@ async fn observe<'k>(
     }
 }
 
-/// The key that signs now, from the signing-keys Secret; why not, as text.
-async fn signing_key(ctx: &Ctx) -> Result<SigningKey, String> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+/// The key that signs now, from the signing-keys Secret in the operator namespace; why not,
+/// as text.
+pub async fn signing_key(
+    client: &Client,
+    namespace: &str,
+    clock: &dyn Clock,
+) -> Result<SigningKey, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = crate::signing_keys::SECRET_NAME;
     let secret = secrets
         .get_opt(name)
         .await
-        .map_err(|e| format!("cannot read Secret {}/{name}: {e}", ctx.namespace))?
-        .ok_or_else(|| format!("Secret {}/{name} does not exist yet", ctx.namespace))?;
+        .map_err(|e| format!("cannot read Secret {namespace}/{name}: {e}"))?
+        .ok_or_else(|| format!("Secret {namespace}/{name} does not exist yet"))?;
     let records =
         crate::signing_keys::from_data(&k8s::secret_strings(&secret)).map_err(|e| e.to_string())?;
-    let now = unix_now(ctx);
-    crate::signing_keys::keys_at(&records, now)
+    crate::signing_keys::keys_at(&records, k8s::unix_now(clock))
         .map(|(signer, _)| signer)
         .map_err(|e| e.to_string())
-}
-
-fn unix_now(ctx: &Ctx) -> u64 {
-    ctx.clock
-        .now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 async fn apply(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
@@ -232,7 +228,7 @@ async fn apply(grant: &TokenGrant, ctx: &Ctx) -> Result<Action, Error> {
         None => None,
     };
     let key = if output.is_some() && !grant.spec.revoked {
-        signing_key(ctx).await
+        signing_key(&ctx.client, &ctx.namespace, ctx.clock.as_ref()).await
     } else {
         Err("not needed".into())
     };
@@ -292,27 +288,43 @@ async fn write_secret(
     desired: &crate::service_account::DesiredSecret,
     current: Option<&Secret>,
 ) -> Result<(), Error> {
-    let namespace = grant.namespace().unwrap_or_default();
+    let label = [(TOKEN_GRANT_LABEL, grant.name_any())];
+    write_owned_secret(grant, api, COMPONENT, &label, desired, current).await
+}
+
+/// Writes a token Secret `owner` controls: created once (a 409 means another writer won:
+/// re-read next pass, never overwrite), replaced only with the `resourceVersion` read and
+/// only when its data differs; a Secret it does not control is never written.
+pub async fn write_owned_secret<K: Resource<DynamicType = ()> + ResourceExt>(
+    owner: &K,
+    api: &Api<Secret>,
+    component: &str,
+    labels: &[(&str, String)],
+    desired: &crate::service_account::DesiredSecret,
+    current: Option<&Secret>,
+) -> Result<(), Error> {
+    let namespace = owner.namespace().unwrap_or_default();
     let step = format!("Secret {namespace}/{}", desired.name);
     let mut secret = k8s::managed_secret(
         &desired.name,
         &namespace,
-        COMPONENT,
-        k8s::controller_reference(grant),
-        &[(TOKEN_GRANT_LABEL, grant.name_any())],
+        component,
+        k8s::controller_reference(owner),
+        labels,
         &desired.data,
     );
     match current {
         None => {
-            // A 409 means another writer won: re-read next pass, never overwrite.
             api.create(&PostParams::default(), &secret)
                 .await
                 .map_err(Error::kube(format!("create {step}")))?;
         }
         Some(current) => {
-            if !k8s::is_controlled_by(current, &grant.uid().unwrap_or_default()) {
+            if !k8s::is_controlled_by(current, &owner.uid().unwrap_or_default()) {
                 return Err(Error::Invalid(format!(
-                    "{step} is not controlled by this TokenGrant"
+                    "{step} is not controlled by {} {}",
+                    K::kind(&()),
+                    owner.name_any()
                 )));
             }
             if k8s::secret_strings(current) == desired.data {

@@ -168,18 +168,18 @@ pub fn clock_skew() -> Duration {
     crate::token::Config::new("").clock_skew
 }
 
-fn unix(t: SystemTime) -> u64 {
+pub(crate) fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn at_unix(s: u64) -> SystemTime {
+pub(crate) fn at_unix(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
 }
 
 /// RFC 3339 text of a time (whole seconds, UTC).
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     to_time(t).0.to_string()
 }
 
@@ -718,7 +718,7 @@ fn record_adopted(status: &mut TokenGrantStatus, c: &AccessClaims, old: &TokenGr
     status.revision = Some(old.revision.unwrap_or(0) + 1);
 }
 
-fn event(warning: bool, reason: &'static str, message: &str) -> Event {
+pub(crate) fn event(warning: bool, reason: &'static str, message: &str) -> Event {
     Event {
         warning,
         reason,

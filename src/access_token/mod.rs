@@ -1,0 +1,435 @@
+//! AccessToken reconciliation, as pure stages: given the AccessToken, whether its account's
+//! TokenGrants authorize it (decided by [`authorization`], the token endpoint's own
+//! [`authorize_client`]), its Secret, the signing key and the time, decide the status, the
+//! Secret to write and the Events. The controller ([`controller`]) and `dev` do the I/O.
+//!
+//! Like a TokenGrant's `output` (whose pieces it shares: [`output_due`], [`token_in_secret`],
+//! the Secret keys): a token is minted into a Secret the AccessToken controls and renewed
+//! `renewBefore` ahead of expiry; a pass that finds the recorded token in place with nothing
+//! due writes nothing. While the grants do not authorize it (a grant deleted or revoked, the
+//! account disabled or gone, a scope no longer allowed), `Ready=False` with the reason, and a
+//! token already in the Secret is taken out of it: it names every grant it was issued under
+//! (claim `grants`), so token servers hold it inactive from the moment a grant goes.
+
+pub mod controller;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use kube::ResourceExt;
+
+use crate::api::conditions::{ConditionStatus, reasons, types};
+use crate::api::{AccessToken, AccessTokenStatus, ServiceAccount};
+use crate::crypto::{self, SigningKey};
+use crate::k8s::Event;
+use crate::k8s::conditions::{Desired, set_condition};
+use crate::service_account::{DesiredSecret, ObservedSecret, to_time};
+use crate::token::{AccessClaims, Audience, Authorization, ErrorCode, Registry, authorize_client};
+use crate::token_grant::{
+    OutputDue, Problem, TOKEN_TYPE_HEADER, at_unix, event, is_recorded, keys, output_due, rfc3339,
+    token_in_secret, unix,
+};
+
+/// `s2s.dev/component` of AccessToken Secrets.
+pub const COMPONENT: &str = "access-token";
+
+/// The account's client id and what its grants authorize.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    /// The token's `sub` and `client_id`.
+    pub client_id: String,
+    /// Scopes, tenant and grants, as the token endpoint decides them.
+    pub authorization: Authorization,
+}
+
+/// What was observed around an AccessToken.
+#[derive(Clone, Debug)]
+pub struct World<'a> {
+    /// What the token may carry, or why there is none.
+    pub authorized: Result<Authorized, Problem>,
+    /// The Secret, if it exists.
+    pub secret: Option<ObservedSecret>,
+    /// The key that signs now, or why there is none.
+    pub signing_key: Result<&'a SigningKey, String>,
+    /// The issuer URL (`iss`).
+    pub issuer: &'a str,
+    /// Upper bound on every token's lifetime.
+    pub max_token_lifetime: Duration,
+}
+
+/// What to do.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The new status (compare with the old one before writing).
+    pub status: AccessTokenStatus,
+    /// The Secret to write (create, or replace when its data differs).
+    pub secret: Option<DesiredSecret>,
+    /// Events to record.
+    pub events: Vec<Event>,
+    /// When to look again (the renewal).
+    pub requeue_after: Option<Duration>,
+    /// Whether issuing failed: the caller retries with backoff.
+    pub failed: bool,
+}
+
+/// The accounts and grants [`authorization`] needs, out of all of them: the account, the
+/// accounts claiming any of the audiences (the oldest claim wins, so all claimants count) and
+/// the grants naming the account. Building the registry from these alone keeps a pass cheap
+/// with thousands of accounts.
+pub fn relevant<'a>(
+    token: &AccessToken,
+    accounts: impl IntoIterator<Item = &'a ServiceAccount>,
+    grants: impl IntoIterator<Item = &'a crate::api::TokenGrant>,
+) -> (Vec<ServiceAccount>, Vec<crate::api::TokenGrant>) {
+    let namespace = token.namespace().unwrap_or_default();
+    let name = &token.spec.service_account_name;
+    let accounts = accounts
+        .into_iter()
+        .filter(|a| {
+            (a.namespace().as_deref() == Some(namespace.as_str()) && &a.name_any() == name)
+                || a.spec
+                    .api
+                    .as_ref()
+                    .is_some_and(|api| token.spec.audiences.contains(&api.audience))
+        })
+        .cloned()
+        .collect();
+    let grants = grants
+        .into_iter()
+        .filter(|g| {
+            crate::token_grant::subject_account(g)
+                .is_some_and(|(ns, n)| ns == namespace && &n == name)
+        })
+        .cloned()
+        .collect();
+    (accounts, grants)
+}
+
+/// Whether the account's grants authorize the AccessToken, decided as the token endpoint
+/// decides a client-credentials request naming these audiences and scopes.
+pub fn authorization(
+    token: &AccessToken,
+    account: Option<&ServiceAccount>,
+    registry: &Registry,
+) -> Result<Authorized, Problem> {
+    let name = &token.spec.service_account_name;
+    let Some(account) = account else {
+        return Err(Problem::new(
+            reasons::NOT_FOUND,
+            format!("ServiceAccount {name} does not exist in this namespace"),
+        ));
+    };
+    if account.spec.disabled {
+        return Err(Problem::new(
+            reasons::DISABLED,
+            format!("ServiceAccount {name} is disabled"),
+        ));
+    }
+    let client = account
+        .status
+        .as_ref()
+        .and_then(|s| s.client_id.as_deref())
+        .and_then(|id| registry.client(id))
+        .ok_or_else(|| {
+            Problem::new(
+                reasons::PENDING,
+                format!("ServiceAccount {name} has no client id yet"),
+            )
+        })?;
+    let audience = Audience::many(token.spec.audiences.iter().map(String::as_str))
+        .ok_or_else(|| Problem::new(reasons::INVALID_SPEC, "no audience"))?;
+    let requested: Vec<&str> = token.spec.scopes.iter().map(String::as_str).collect();
+    let authorization = authorize_client(registry, client, &audience, &requested).map_err(|e| {
+        let reason = match e.code {
+            ErrorCode::InvalidScope => reasons::SCOPE_NOT_GRANTED,
+            _ => reasons::NOT_GRANTED,
+        };
+        Problem::new(reason, e.description)
+    })?;
+    Ok(Authorized {
+        client_id: client.client_id.clone(),
+        authorization,
+    })
+}
+
+/// The token's lifetime and how long before expiry it is renewed.
+pub fn timing(token: &AccessToken, max_token_lifetime: Duration) -> (Duration, Duration) {
+    let lifetime = token.spec.lifetime.as_std().min(max_token_lifetime);
+    let renew_before = token
+        .spec
+        .renew_before
+        .map(|d| d.as_std())
+        .filter(|d| *d < lifetime)
+        .unwrap_or(lifetime / 3);
+    (lifetime, renew_before)
+}
+
+/// The time of the pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// The reconcile of one AccessToken.
+pub fn reconcile(token: &AccessToken, world: &World<'_>, ctx: &Context) -> Plan {
+    plan(token, world, ctx, None)
+}
+
+/// The plan after writing the Secret of `planned` failed: the old token stays, the failure is
+/// reported, and the caller retries with backoff.
+pub fn after_write_failure(
+    token: &AccessToken,
+    world: &World<'_>,
+    ctx: &Context,
+    why: &str,
+) -> Plan {
+    plan(token, world, ctx, Some(why))
+}
+
+fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Option<&str>) -> Plan {
+    let old = token.status.clone().unwrap_or_default();
+    let mut status = AccessTokenStatus {
+        observed_generation: token.metadata.generation,
+        ..old.clone()
+    };
+    let secret_name = &token.spec.secret_name;
+    let (lifetime, renew_before) = timing(token, world.max_token_lifetime);
+    let controlled = world.secret.as_ref().filter(|s| s.controlled);
+    let data = controlled.map(|s| s.data.clone()).unwrap_or_default();
+    let mut in_place = controlled
+        .and_then(|s| token_in_secret(&s.data))
+        .filter(|c| c.exp > unix(ctx.now) && is_recorded(c, &old));
+    let conflict = (world.secret.is_some() && controlled.is_none()).then(|| {
+        Problem::new(
+            reasons::SECRET_CONFLICT,
+            format!("Secret {secret_name} exists and is not controlled by this AccessToken"),
+        )
+    });
+    let mut events = vec![];
+    let mut secret = None;
+    let mut failed = false;
+    let mut issuing = None;
+    let mut blocker = conflict.or_else(|| world.authorized.clone().err());
+    if let Some(p) = &blocker {
+        {
+            if p.reason != reasons::SECRET_CONFLICT && p.reason != reasons::PENDING {
+                // No longer authorized: the token leaves the Secret (token servers already
+                // hold it inactive if a grant it names went).
+                if keys::ALL.iter().any(|k| data.contains_key(*k)) {
+                    let mut kept = data.clone();
+                    for k in keys::ALL {
+                        kept.remove(k);
+                    }
+                    secret = Some(DesiredSecret {
+                        name: secret_name.clone(),
+                        data: kept,
+                    });
+                }
+                status.not_after = None;
+                status.renewal_time = None;
+                status.token_id = None;
+                in_place = None;
+            }
+        }
+    } else if let Ok(authorized) = &world.authorized {
+        {
+            let want = desired_claims(world.issuer, authorized, token, lifetime, ctx.now);
+            let due = output_due(
+                &want,
+                in_place.as_ref(),
+                &old,
+                (lifetime, renew_before),
+                ctx.now,
+            );
+            if let Some(due) = due {
+                let why = match due {
+                    OutputDue::Outdated(what) => format!("the token's {what} changed"),
+                    other => other.message(secret_name),
+                };
+                match issue(world, write_failed, secret_name, &data, want) {
+                    Ok((written, claims)) => {
+                        let revision = status.revision.unwrap_or(0) + 1;
+                        status.revision = Some(revision);
+                        status.last_issued = Some(to_time(ctx.now));
+                        status.not_after = Some(to_time(at_unix(claims.exp)));
+                        status.token_id = Some(claims.jti.clone());
+                        let reason = if in_place.is_some() || old.revision.is_some() {
+                            reasons::RENEWED
+                        } else {
+                            reasons::ISSUED
+                        };
+                        events.push(event(
+                            false,
+                            reason,
+                            &format!(
+                                "token {} (revision {revision}) written to Secret {secret_name}, valid until {} ({why})",
+                                claims.jti,
+                                rfc3339(at_unix(claims.exp))
+                            ),
+                        ));
+                        secret = Some(written);
+                        in_place = Some(claims);
+                    }
+                    Err(message) => {
+                        failed = true;
+                        events.push(event(
+                            true,
+                            reasons::ISSUE_FAILED,
+                            &format!(
+                                "{why}: {message}; the previous token, if any, stays in place"
+                            ),
+                        ));
+                        issuing = Some((reasons::ISSUE_FAILED, format!("{why}: {message}")));
+                        if in_place.is_none() {
+                            blocker = Some(Problem::new(reasons::ISSUE_FAILED, message));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut requeue_after = None;
+    match &in_place {
+        Some(c) => {
+            let renewal = at_unix(c.exp) - renew_before;
+            status.renewal_time = Some(to_time(renewal));
+            requeue_after = Some(
+                renewal
+                    .duration_since(ctx.now)
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1)),
+            );
+        }
+        None => status.renewal_time = None,
+    }
+    let now = to_time(ctx.now);
+    let generation = token.metadata.generation;
+    let (ready, reason, message) = match (&blocker, &in_place) {
+        (Some(p), _) => (ConditionStatus::False, p.reason, p.message.clone()),
+        (None, Some(_)) => (
+            ConditionStatus::True,
+            reasons::READY,
+            format!("a valid token is in Secret {secret_name}"),
+        ),
+        (None, None) => (
+            ConditionStatus::False,
+            reasons::PENDING,
+            format!("no valid token in Secret {secret_name} yet"),
+        ),
+    };
+    let warn = blocker
+        .as_ref()
+        .filter(|p| p.reason != reasons::PENDING && p.reason != reasons::ISSUE_FAILED);
+    if let Some(p) = warn {
+        events.push(event(true, p.reason, &p.message));
+    }
+    set_condition(
+        &mut status.conditions,
+        Desired {
+            type_: types::READY,
+            status: ready,
+            reason,
+            message,
+        },
+        generation,
+        &now,
+    );
+    let (issuing_status, issuing_reason, issuing_message) = match (issuing, &blocker, &in_place) {
+        (Some((reason, message)), _, _) => (ConditionStatus::False, reason, message),
+        (None, Some(p), _) => (ConditionStatus::False, p.reason, p.message.clone()),
+        (None, None, Some(c)) => (
+            ConditionStatus::False,
+            reasons::ISSUED,
+            format!(
+                "token {} valid until {}; renewal at {}",
+                c.jti,
+                rfc3339(at_unix(c.exp)),
+                rfc3339(at_unix(c.exp) - renew_before)
+            ),
+        ),
+        (None, None, None) => (
+            ConditionStatus::True,
+            reasons::PENDING,
+            "a token is due".into(),
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        Desired {
+            type_: types::ISSUING,
+            status: issuing_status,
+            reason: issuing_reason,
+            message: issuing_message,
+        },
+        generation,
+        &now,
+    );
+    Plan {
+        status,
+        secret,
+        events,
+        requeue_after,
+        failed,
+    }
+}
+
+/// The token the AccessToken asks for at `now` (no `jti` yet).
+fn desired_claims(
+    issuer: &str,
+    authorized: &Authorized,
+    token: &AccessToken,
+    lifetime: Duration,
+    now: SystemTime,
+) -> AccessClaims {
+    let now_s = unix(now);
+    let a = &authorized.authorization;
+    AccessClaims {
+        iss: issuer.trim_end_matches('/').to_owned(),
+        sub: authorized.client_id.clone(),
+        aud: Audience::many(token.spec.audiences.iter().map(String::as_str))
+            .unwrap_or_else(|| Audience::one("")),
+        exp: now_s + lifetime.as_secs(),
+        iat: now_s,
+        nbf: now_s,
+        jti: String::new(),
+        client_id: authorized.client_id.clone(),
+        scope: (!a.scope.is_empty()).then(|| a.scope.join(" ")),
+        tenant: a.tenant.clone(),
+        act: None,
+        grants: a.grants.clone(),
+    }
+}
+
+/// Signs `claims` (with a fresh `jti`) into the Secret's data.
+fn issue(
+    world: &World<'_>,
+    write_failed: Option<&str>,
+    secret_name: &str,
+    data: &BTreeMap<String, String>,
+    mut claims: AccessClaims,
+) -> Result<(DesiredSecret, AccessClaims), String> {
+    let key = match (write_failed, &world.signing_key) {
+        (Some(w), _) => return Err(format!("cannot write Secret {secret_name}: {w}")),
+        (None, Err(e)) => return Err(format!("no signing key: {e}")),
+        (None, Ok(key)) => *key,
+    };
+    claims.jti = crypto::random_token_id();
+    let token = crypto::sign_jwt(key, TOKEN_TYPE_HEADER, &claims)
+        .map_err(|e| format!("signing failed: {e}"))?;
+    let mut data = data.clone();
+    data.insert(keys::ACCESS_TOKEN.into(), token.clone());
+    data.insert(keys::TOKEN_TYPE.into(), "Bearer".into());
+    data.insert(keys::EXPIRES_AT.into(), rfc3339(at_unix(claims.exp)));
+    data.insert(keys::AUTHORIZATION.into(), format!("Bearer {token}"));
+    Ok((
+        DesiredSecret {
+            name: secret_name.to_owned(),
+            data,
+        },
+        claims,
+    ))
+}
+
+#[cfg(test)]
+mod tests;
