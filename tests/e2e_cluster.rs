@@ -186,7 +186,7 @@ async fn wait_examples_settled(cluster: &Cluster, what: &str) {
             })
             .map(|(k, v)| format!("{k}: {v:?} (want {:?})", expected_readiness(k)))
             .collect();
-        if seen.len() >= 15 && wrong.is_empty() {
+        if seen.len() >= 16 && wrong.is_empty() {
             return;
         }
         assert!(
@@ -350,6 +350,65 @@ async fn tokens_for_every_credential_type(op: &Operator) -> String {
 /// The examples as a user installs them, with the controller started before and (several
 /// times) after the objects exist; a token for each credential type; revocation seen by a
 /// second token server; a namespace holding grants deleted with no controller running.
+/// examples/accesstoken.yaml: the token in the client's namespace verifies for its audience
+/// with a third-party library, carries the asked scope and names its grant; `kubectl get s2s
+/// -A` lists it with account, audiences, expiry and revision; the controller's gauges show
+/// its expiry and renewal.
+async fn access_token_example(op: &Operator) {
+    let cluster = &op.cluster;
+    let out = secret(cluster, "billing", "billing-orders-token").await;
+    let claims = verify_access_token(
+        &out["access_token"],
+        &jwks(&op.issuer).await,
+        &op.issuer,
+        ORDERS,
+    );
+    assert_eq!(claims["scope"], "orders:read");
+    assert_eq!(
+        out["authorization"],
+        format!("Bearer {}", out["access_token"])
+    );
+    let grant: TokenGrant = Api::namespaced(cluster.admin.clone(), "orders")
+        .get("billing-worker")
+        .await
+        .unwrap();
+    assert_eq!(
+        claims["grants"],
+        json!([format!("orders/billing-worker/{}", grant.uid().unwrap())])
+    );
+    let listed = cluster.kubectl(&["get", "s2s", "-A"]);
+    let row = listed
+        .lines()
+        .find(|l| l.contains("billing-orders"))
+        .unwrap_or_else(|| panic!("no AccessToken row in:\n{listed}"));
+    let exp = out["expires_at"].as_str();
+    for want in ["True", "billing-worker", ORDERS, exp] {
+        assert!(row.contains(want), "{want} not in {row:?}\n{listed}");
+    }
+    let metrics = http()
+        .get(format!(
+            "{}/metrics",
+            op.controller_health.as_ref().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("s2s_token_expiration_timestamp_seconds{")
+                && l.contains(r#"kind="AccessToken""#)
+                && l.contains(r#"name="billing-orders""#)
+        })
+        .unwrap_or_else(|| panic!("no expiry gauge for billing-orders in:\n{metrics}"));
+    let value: f64 = series.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value as u64, claims["exp"].as_u64().unwrap());
+    assert!(metrics.contains("s2s_token_renewal_timestamp_seconds{"));
+}
+
 #[tokio::test]
 async fn e2e_examples_installed_with_kubectl() {
     let Some(cluster) = Cluster::from_env("e2e_examples_installed_with_kubectl").await else {
@@ -380,6 +439,7 @@ async fn e2e_examples_installed_with_kubectl() {
             assert!(!out.contains("<invalid>"), "{out}");
 
             let token = tokens_for_every_credential_type(&op).await;
+            access_token_example(&op).await;
 
             // Revoked at the first token server, inactive at the second.
             let billing = secret(&cluster, "billing", "billing-worker-credentials").await;
@@ -498,6 +558,7 @@ async fn e2e_accounts_secrets_tokens_rotation_garbage_collection_and_federation(
             op.start_token_server().await;
             scenario::credentials_lifecycle(admin.clone(), &ns, &issuer, &WAITS).await;
             scenario::token_grant_output_and_revocation(admin.clone(), &ns, &issuer, &WAITS).await;
+            scenario::access_token_lifecycle(admin.clone(), &ns, &issuer, &WAITS).await;
             scenario::kubernetes_federation(admin.clone(), &ns, &issuer, &WAITS).await;
             // Every TrustedIssuer left reports its state.
             let issuers: Api<TrustedIssuer> = Api::namespaced(admin, &ns);

@@ -351,6 +351,10 @@ async fn controller_and_token_server_run_the_credentials_lifecycle() {
                 && [
                     ("patch", "events.k8s.io", "events"),
                     ("patch", "s2s.dev", "tokengrants"),
+                    // No AccessToken in this scenario; tests/e2e_cluster.rs
+                    // (access_token_lifecycle) writes their status under this RBAC on the
+                    // real control plane.
+                    ("patch", "s2s.dev", "accesstokens/status"),
                     // The operator's TLS is off here; tests/e2e_inject.rs runs it under this
                     // RBAC on the real control plane.
                     (

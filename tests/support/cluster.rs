@@ -322,6 +322,8 @@ pub struct Operator {
     server_kubeconfig: PathBuf,
     controller: Option<Proc>,
     controller_runs: usize,
+    /// `http://ADDR` of the running controller's health and metrics listener.
+    pub controller_health: Option<String>,
     servers: Vec<(String, Proc)>,
     /// Appended to every `controller` command line.
     pub controller_args: Vec<String>,
@@ -358,6 +360,7 @@ impl Operator {
             server_kubeconfig,
             controller: None,
             controller_runs: 0,
+            controller_health: None,
             servers: vec![],
             controller_args: vec![],
             server_args: vec![],
@@ -453,6 +456,7 @@ impl Operator {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = self.spawn(&args, &self.controller_kubeconfig.clone(), &log);
         self.controller = Some(proc);
+        self.controller_health = Some(format!("http://{health}"));
     }
 
     /// Stops the controller (SIGKILL: as a crash or an uninstall would).

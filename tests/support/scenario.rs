@@ -752,3 +752,153 @@ pub async fn token_grant_output_and_revocation(
     })
     .await;
 }
+
+/// An AccessToken for two audiences in the client's namespace: Ready once both API owners'
+/// grants exist, its Secret's token verifies for each audience and is active at the token
+/// server; deleting one grant makes it Ready=False `NotGranted`, takes the token out of the
+/// Secret and voids it; the grant back brings a new token (a new revision).
+pub async fn access_token_lifecycle(admin: Client, ns: &str, issuer: &str, waits: &Waits) {
+    use s2s_operator::api::AccessToken;
+    let (orders, stock) = (
+        // Audiences of their own: earlier scenarios in this namespace claim orders.{ns}.
+        format!("https://at-orders.{ns}.example.com"),
+        format!("https://at-stock.{ns}.example.com"),
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let grants: Api<TokenGrant> = Api::namespaced(admin.clone(), ns);
+    let tokens: Api<AccessToken> = Api::namespaced(admin.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let pp = PostParams::default();
+    for (name, audience) in [("at-orders", &orders), ("at-stock", &stock)] {
+        let api = obj(json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"api": {"audience": audience},
+                     "authentication": {"clientSecret": {"secretName": format!("{name}-creds")}}}
+        }));
+        accounts.create(&pp, &api).await.unwrap();
+    }
+    let client = obj(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "ServiceAccount",
+        "metadata": {"name": "at-client", "namespace": ns},
+        "spec": {"scopes": ["data:read", "data:write"], "audiences": [orders, stock],
+                 "authentication": {"clientSecret": {"secretName": "at-client-creds"}}}
+    }));
+    accounts.create(&pp, &client).await.unwrap();
+    let grant = |name: &str, audience: &str, scopes: Value| -> TokenGrant {
+        obj(json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "TokenGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"subject": {"serviceAccount": {"name": "at-client"}}, "audience": audience,
+                     "scopes": scopes}
+        }))
+    };
+    grants
+        .create(
+            &pp,
+            &grant("at-orders", &orders, json!(["data:read", "data:write"])),
+        )
+        .await
+        .unwrap();
+    let stock_grant = grant("at-stock", &stock, json!(["data:read"]));
+    grants.create(&pp, &stock_grant).await.unwrap();
+    let token: AccessToken = obj(json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "AccessToken",
+        "metadata": {"name": "both", "namespace": ns},
+        "spec": {"serviceAccountName": "at-client", "audiences": [orders, stock],
+                 "secretName": "both-token", "lifetime": "10m"}
+    }));
+    tokens.create(&pp, &token).await.unwrap();
+    let state = |want: &'static str| {
+        let tokens = tokens.clone();
+        move || {
+            let tokens = tokens.clone();
+            async move {
+                let t = tokens.get("both").await.ok()?;
+                let st = t.status?;
+                let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+                (st.observed_generation == t.metadata.generation && ready.reason == want)
+                    .then_some(st)
+            }
+        }
+    };
+    let st = eventually(waits.converge, "the AccessToken Ready", state("Ready")).await;
+    assert_eq!(st.revision, Some(1));
+    let data = strings(&secrets.get("both-token").await.unwrap());
+    let jwt = data["access_token"].clone();
+    let keys = jwks(issuer).await;
+    for audience in [&orders, &stock] {
+        let claims = verify_access_token(&jwt, &keys, issuer, audience);
+        assert_eq!(claims["aud"].as_array().map(Vec::len), Some(2));
+        // data:write is granted at orders only: the token carries what both allow.
+        assert_eq!(claims["scope"], "data:read", "{claims:#}");
+    }
+    let api_creds = wait_secret(&secrets, "at-stock-creds", waits).await;
+    let active = || {
+        let (id, secret, jwt) = (
+            api_creds["client_id"].clone(),
+            api_creds["client_secret"].clone(),
+            jwt.clone(),
+        );
+        async move {
+            let r = http()
+                .post(format!("{issuer}/oauth2/introspect"))
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={jwt}"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["active"].as_bool()
+        }
+    };
+    eventually(waits.converge, "the AccessToken's token active", || async {
+        (active().await == Some(true)).then_some(())
+    })
+    .await;
+
+    // The stock owner withdraws its grant.
+    grants
+        .delete("at-stock", &DeleteParams::default())
+        .await
+        .unwrap();
+    let st = eventually(
+        waits.converge,
+        "the AccessToken NotGranted",
+        state("NotGranted"),
+    )
+    .await;
+    assert!(st.token_id.is_none() && st.not_after.is_none());
+    let data = strings(&secrets.get("both-token").await.unwrap());
+    assert!(
+        !data.contains_key("access_token"),
+        "the token left the Secret"
+    );
+    eventually(waits.converge, "the withdrawn token inactive", || async {
+        (active().await == Some(false)).then_some(())
+    })
+    .await;
+
+    // Granted again: a new token.
+    grants.create(&pp, &stock_grant).await.unwrap();
+    let st = eventually(
+        waits.converge,
+        "the AccessToken Ready again",
+        state("Ready"),
+    )
+    .await;
+    assert_eq!(st.revision, Some(2));
+    tokens
+        .delete("both", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The Secret's data once it exists.
+async fn wait_secret(secrets: &Api<Secret>, name: &str, waits: &Waits) -> BTreeMap<String, String> {
+    eventually(waits.converge, &format!("Secret {name}"), || async {
+        secrets.get_opt(name).await.ok()?.map(|s| strings(&s))
+    })
+    .await
+}
