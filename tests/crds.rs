@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::cel::Validator;
-use s2s_operator::api::{self, ServiceAccount, TokenGrant, TrustedIssuer};
+use s2s_operator::api::{self, AccessToken, ServiceAccount, TokenGrant, TrustedIssuer};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -61,7 +61,7 @@ fn crds_folder_equals_crdgen() {
             );
         }
         let files = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(files, 3, "{} holds exactly the three CRDs", dir.display());
+        assert_eq!(files, 4, "{} holds exactly the four CRDs", dir.display());
     }
 }
 
@@ -156,7 +156,8 @@ fn crdgen_prints_every_crd() {
         [
             "serviceaccounts.s2s.dev",
             "trustedissuers.s2s.dev",
-            "tokengrants.s2s.dev"
+            "tokengrants.s2s.dev",
+            "accesstokens.s2s.dev"
         ]
     );
 }
@@ -167,6 +168,7 @@ fn names_follow_the_design() {
         ("ServiceAccount", "s2ssa", "Client ID"),
         ("TrustedIssuer", "tiss", "Issuer"),
         ("TokenGrant", "tgrant", "Audience"),
+        ("AccessToken", "s2stoken", "Audiences"),
     ];
     for (kind, short, column) in expect {
         let crd = crd_for(kind);
@@ -464,6 +466,9 @@ fn every_example_parses_and_is_admitted() {
             "TokenGrant" => {
                 serde_json::to_value(serde_json::from_value::<TokenGrant>(doc.clone()).unwrap())
             }
+            "AccessToken" => {
+                serde_json::to_value(serde_json::from_value::<AccessToken>(doc.clone()).unwrap())
+            }
             other => panic!("{}: unknown kind {other}", file.display()),
         }
         .unwrap();
@@ -478,7 +483,7 @@ fn every_example_parses_and_is_admitted() {
         }
         kinds.insert(kind);
     }
-    assert_eq!(kinds.len(), 3, "examples cover all three kinds");
+    assert_eq!(kinds.len(), 4, "examples cover all four kinds");
 }
 
 #[test]
@@ -568,6 +573,21 @@ fn token_grant() -> Value {
     })
 }
 
+fn access_token() -> Value {
+    json!({
+        "apiVersion": "s2s.dev/v1alpha1", "kind": "AccessToken",
+        "metadata": {"name": "t", "namespace": "n"},
+        "spec": {
+            "serviceAccountName": "a",
+            "audiences": ["api://a", "https://b.example.com"],
+            "scopes": ["a:read"],
+            "secretName": "t-token",
+            "lifetime": "24h",
+            "renewBefore": "23h"
+        }
+    })
+}
+
 /// Sets (or, with `Value::Null`, removes) the value at a JSON pointer, creating objects on
 /// the way.
 fn with(mut obj: Value, changes: &[(&str, Value)]) -> Value {
@@ -609,6 +629,7 @@ fn refusals() -> Vec<Refusal> {
     let sa = service_account;
     let ti = trusted_issuer;
     let tg = token_grant;
+    let at = access_token;
     let r = |kind, obj, message| Refusal {
         kind,
         obj,
@@ -962,6 +983,54 @@ fn refusals() -> Vec<Refusal> {
             with(tg(), &[("/spec/output/renewBefore", json!("59s"))]),
             "renewBefore must be at least 1m",
         ),
+        // AccessToken
+        Refusal {
+            kind: "AccessToken",
+            obj: with(at(), &[("/spec/serviceAccountName", json!("b"))]),
+            old: Some(at()),
+            message: "serviceAccountName is immutable",
+        },
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/audiences", json!(["api a"]))]),
+            "each audience is a URI or name without spaces",
+        ),
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/audiences", json!(["api://a", "api://a"]))]),
+            "audiences must not repeat",
+        ),
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/scopes", json!(["a:*"]))]),
+            "each scope is a scope token without spaces, quotes, backslashes or wildcards",
+        ),
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/secretName", json!("T"))]),
+            "secretName must be a DNS-1123 subdomain",
+        ),
+        r(
+            "AccessToken",
+            with(
+                at(),
+                &[
+                    ("/spec/lifetime", json!("25h")),
+                    ("/spec/renewBefore", json!("1h")),
+                ],
+            ),
+            "lifetime must be between 5m and 24h",
+        ),
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/renewBefore", json!("30s"))]),
+            "renewBefore must be at least 1m",
+        ),
+        r(
+            "AccessToken",
+            with(at(), &[("/spec/renewBefore", json!("24h"))]),
+            "renewBefore must be shorter than lifetime",
+        ),
     ]
 }
 
@@ -970,6 +1039,21 @@ fn the_valid_bases_are_admitted() {
     assert_eq!(admit("ServiceAccount", &service_account(), None), Ok(()));
     assert_eq!(admit("TrustedIssuer", &trusted_issuer(), None), Ok(()));
     assert_eq!(admit("TokenGrant", &token_grant(), None), Ok(()));
+    assert_eq!(admit("AccessToken", &access_token(), None), Ok(()));
+    assert_eq!(
+        admit(
+            "AccessToken",
+            &with(
+                access_token(),
+                &[
+                    ("/spec/scopes", Value::Null),
+                    ("/spec/renewBefore", Value::Null)
+                ]
+            ),
+            None
+        ),
+        Ok(())
+    );
     // Edges that must stay allowed.
     let edges = [
         (

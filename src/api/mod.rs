@@ -357,7 +357,8 @@ mod tests {
             [
                 "s2s.dev_serviceaccounts.yaml",
                 "s2s.dev_trustedissuers.yaml",
-                "s2s.dev_tokengrants.yaml"
+                "s2s.dev_tokengrants.yaml",
+                "s2s.dev_accesstokens.yaml"
             ]
         );
     }
