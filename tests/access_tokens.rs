@@ -228,3 +228,40 @@ async fn dev_access_token_for_two_audiences_is_written_verified_and_withdrawn_wi
     assert!(saved.get("tokenId").is_none_or(Value::is_null), "{saved}");
     dev.wait_for_log("event Warning NotGranted AccessToken team/both");
 }
+
+/// The status and uid in the state dir carry an AccessToken across a restart: the token in
+/// its files is the one recorded, so nothing is re-issued, and it is still active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_access_token_is_not_reissued_after_a_restart() {
+    let manifests = support::manifests_dir(&[
+        ("accounts.yaml", ACCOUNTS),
+        ("grant-orders.yaml", &grant("shop", ORDERS)),
+        ("grant-stock.yaml", &grant("warehouse", STOCK)),
+        ("tokens.yaml", TOKENS),
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    // The same address after the restart: the same issuer, so the token is still ours.
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let dev = support::DevServer::start_at(manifests.path(), state.path(), &listen, &[]);
+    dev.wait_for_log("access tokens:");
+    let token = dev.secret("team", "both-token")["access_token"].clone();
+    let uids = std::fs::read(state.path().join(".s2s/uids/accesstokens.json")).unwrap();
+    drop(dev);
+
+    let dev = support::DevServer::start_at(manifests.path(), state.path(), &listen, &[]);
+    dev.wait_for_log("access tokens:");
+    assert_eq!(dev.secret("team", "both-token")["access_token"], token);
+    assert!(
+        !dev.logs().contains("AccessToken team/both"),
+        "{}",
+        dev.logs()
+    );
+    assert_eq!(
+        std::fs::read(state.path().join(".s2s/uids/accesstokens.json")).unwrap(),
+        uids
+    );
+    let saved = status(state.path(), "team", "both").unwrap();
+    assert_eq!(saved["revision"], 1, "{saved}");
+    let answer = introspect(&dev, "shop", "orders-credentials", &token).await;
+    assert_eq!(answer["active"], true, "{answer}");
+}
