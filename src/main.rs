@@ -64,8 +64,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct DevArgs {
-    /// Manifest files or folders holding ServiceAccounts, TrustedIssuers and TokenGrants
-    /// (repeatable).
+    /// Manifest files or folders holding ServiceAccounts, TrustedIssuers, TokenGrants and
+    /// AccessTokens (repeatable).
     #[arg(long = "manifests", value_name = "PATH", default_value = "examples")]
     manifests: Vec<PathBuf>,
     /// Address of the token server (plain HTTP; keep it on loopback).

@@ -1,4 +1,4 @@
-//! Reading the three kinds from YAML files and folders, the way `kubectl apply -f` would:
+//! Reading the four kinds from YAML files and folders, the way `kubectl apply -f` would:
 //! every document of `s2s.dev/v1alpha1`, other documents passed over, a broken document
 //! reported and skipped without stopping the rest.
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use kube::ResourceExt;
 use serde_json::Value;
 
-use crate::api::{self, ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::api::{self, AccessToken, ServiceAccount, TokenGrant, TrustedIssuer};
 
 /// The namespace of objects that name none, as `kubectl` does.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -22,6 +22,8 @@ pub struct Manifests {
     pub issuers: Vec<TrustedIssuer>,
     /// TokenGrants.
     pub grants: Vec<TokenGrant>,
+    /// AccessTokens.
+    pub access_tokens: Vec<AccessToken>,
     /// What could not be read, one line each.
     pub errors: Vec<String>,
     /// Changes when any file changes.
@@ -123,6 +125,9 @@ fn parse_documents(m: &mut Manifests, seen: &mut BTreeSet<String>, source: &str,
                 parse(value).map(|o: TrustedIssuer| push(&mut m.issuers, o, &kind, seen))
             }
             "TokenGrant" => parse(value).map(|o: TokenGrant| push(&mut m.grants, o, &kind, seen)),
+            "AccessToken" => {
+                parse(value).map(|o: AccessToken| push(&mut m.access_tokens, o, &kind, seen))
+            }
             other => Err(format!("unknown kind {other:?}")),
         };
         match result {

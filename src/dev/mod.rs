@@ -3,10 +3,12 @@
 //! written as a mounted-Secret tree, `STATE_DIR/<namespace>/<secret-name>/<key>`; statuses,
 //! ownership and the signing keys persist under the state dir, so nothing is regenerated on
 //! a restart, and so do RFC 7009 revocations (saved before the revoke endpoint answers,
-//! dropped once the token has expired). Each TokenGrant gets a uid kept in the state dir as the API server would give
-//! one; a grant removed from the manifests loses it, so the tokens that name it are void
-//! even if it comes back. Manifests are polled and re-applied when they change, and at least every 30
-//! seconds (sooner when a TokenGrant's output token is due for renewal).
+//! dropped once the token has expired). Each TokenGrant and AccessToken gets a uid kept in
+//! the state dir as the API server would give one; a grant removed from the manifests loses
+//! it, so the tokens that name it are void even if it comes back. A TokenGrant's `output` and
+//! an AccessToken go through the same steps (`settle`): the token as Secret files, the status
+//! saved, Events printed. Manifests are polled and re-applied when they change, and at least
+//! every 30 seconds (sooner when a grant's output or an AccessToken is due for renewal).
 
 mod manifests;
 mod state;
@@ -21,6 +23,8 @@ use kube::ResourceExt;
 pub use manifests::{Manifests, load, parse_text};
 use state::StateDir;
 
+use crate::access_token;
+use crate::api::TokenGrantStatus;
 use crate::api::conditions::{ConditionStatus, types};
 use crate::crypto::KeyAlgorithm;
 use crate::http::{self, AppState, RevocationSink};
@@ -101,14 +105,16 @@ struct Dev {
     core: Arc<Core>,
     /// TrustedIssuer keys (the same cache and runner as the token server).
     trusted: IssuerCache,
-    /// When a TokenGrant's output token is next due, if sooner than the regular re-apply.
+    /// When a TokenGrant's output or an AccessToken is next due, if sooner than the regular
+    /// re-apply.
     next_due: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-/// What one pass did, for people: one line per account and per grant.
+/// What one pass did, for people: one line per account, grant and AccessToken.
 struct Applied {
     accounts: Vec<String>,
     grants: Vec<String>,
+    access_tokens: Vec<String>,
 }
 
 /// Runs `dev` until Ctrl-C (or `shutdown` resolves).
@@ -252,7 +258,8 @@ fn now_unix() -> u64 {
 }
 
 /// Re-applies manifests when a file changes, and at least every 30 seconds (rotations, grace
-/// periods and token renewals run on time, not on edits), sooner when a grant's token is due.
+/// periods and token renewals run on time, not on edits), sooner when a grant's output or an
+/// AccessToken is due.
 async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
     let mut since_apply = Duration::ZERO;
     loop {
@@ -272,11 +279,17 @@ async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
             let summary = dev.apply(&world);
             if changed {
                 println!(
-                    "manifests changed: {} account(s), {} grant(s) loaded",
+                    "manifests changed: {} account(s), {} grant(s), {} access token(s) loaded",
                     summary.accounts.len(),
-                    world.grants.len()
+                    world.grants.len(),
+                    world.access_tokens.len()
                 );
-                for line in summary.accounts.iter().chain(&summary.grants) {
+                for line in summary
+                    .accounts
+                    .iter()
+                    .chain(&summary.grants)
+                    .chain(&summary.access_tokens)
+                {
                     println!("{line}");
                 }
                 for line in dev.describe_issuers() {
@@ -288,8 +301,9 @@ async fn watch(dev: Arc<Dev>, mut fingerprint: String) {
 }
 
 impl Dev {
-    /// Reconciles every account and grant, writes what changed, rotates signing keys if due,
-    /// and swaps the token core's registry. Returns one line per account and grant for people.
+    /// Reconciles every account, grant and AccessToken, writes what changed, rotates signing
+    /// keys if due, and swaps the token core's registry. Returns one line per object for
+    /// people.
     fn apply(&self, world: &Manifests) -> Applied {
         for e in &world.errors {
             tracing::warn!(error = %e, "manifest not loaded");
@@ -352,8 +366,14 @@ impl Dev {
             lines.push(self.describe(&sa));
             accounts.push(sa);
         }
-        let with_uids = self.grants_with_uids(world);
-        let grants = self.apply_grants(world, &with_uids, &accounts, &keys, now);
+        let forget_missing = world.errors.is_empty();
+        let with_uids = self.with_uids(state::TOKEN_GRANTS, &world.grants, forget_missing);
+        let (grants, grants_due) = self.apply_grants(world, &with_uids, &accounts, &keys, now);
+        let tokens = self.with_uids(state::ACCESS_TOKENS, &world.access_tokens, forget_missing);
+        let (access_tokens, tokens_due) =
+            self.apply_access_tokens(&tokens, &with_uids, &accounts, &keys, now);
+        let next = earliest(grants_due, tokens_due);
+        *self.next_due.lock().expect("not poisoned") = next.map(|d| std::time::Instant::now() + d);
         if let Ok(keys) = keys {
             self.core.set_keys(keys);
         }
@@ -366,6 +386,7 @@ impl Dev {
         Applied {
             accounts: lines,
             grants,
+            access_tokens,
         }
     }
 
@@ -373,7 +394,8 @@ impl Dev {
     /// as mounted-Secret files. Deny-list entries have no shared list to go to here; they are
     /// not needed for that: a revoked or removed grant leaves the registry, so every token
     /// naming it (claim `grants`) is inactive at once, and a revoked grant loses its output
-    /// token. (Un-revoking it revives its earlier tokens here, unlike in a cluster.)
+    /// token. (Un-revoking it revives its earlier tokens here, unlike in a cluster.) Returns
+    /// a line per grant and when the next output token is due.
     fn apply_grants(
         &self,
         world: &Manifests,
@@ -381,24 +403,15 @@ impl Dev {
         accounts: &[crate::api::ServiceAccount],
         keys: &Result<KeySet, String>,
         now: SystemTime,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Option<Duration>) {
         let ctx = token_grant::Context { now };
         let mut lines = vec![];
         let mut next: Option<Duration> = None;
         for g in grants {
             let mut g = g.clone();
-            let key = store::key_of(&g);
-            // Not `namespace/name` alone: an account of the same name must not pass for it.
-            let owner = format!("tokengrant:{key}");
-            let namespace = g.namespace().unwrap_or_default();
-            g.status = self.state.read_grant_status(&namespace, &g.name_any());
+            let held = Held::of(TokenKind::Grant, &g);
+            g.status = self.read_token_status(&held);
             let (audience_owner, defined_scopes) = token_grant::audience_owner(&g, accounts);
-            let secret = g.spec.output.as_ref().and_then(|o| {
-                let data = self.state.read_secret(&namespace, &o.secret_name)?;
-                let controlled = self.state.owner_of(&namespace, &o.secret_name).as_deref()
-                    == Some(owner.as_str());
-                Some(ObservedSecret { data, controlled })
-            });
             let w = token_grant::World {
                 audience_owner,
                 defined_scopes,
@@ -409,94 +422,196 @@ impl Dev {
                         .iter()
                         .any(|i| i.namespace().as_deref() == Some(ns) && i.name_any() == name)
                 }),
-                secret,
+                secret: g
+                    .spec
+                    .output
+                    .as_ref()
+                    .and_then(|o| self.observed_secret(&held, &o.secret_name)),
                 signing_key: keys.as_ref().map(|k| k.signer()).map_err(Clone::clone),
                 issuer: &self.issuer,
                 max_token_lifetime: self.options.max_token_lifetime,
             };
-            let mut plan = token_grant::reconcile(&g, &w, &ctx);
-            if let Some(s) = &plan.secret
-                && let Err(e) = self
-                    .state
-                    .write_secret(&namespace, &s.name, &owner, &s.data)
-            {
-                plan = token_grant::after_write_failure(&g, &w, &ctx, &e.to_string());
-            }
-            if g.status.as_ref() != Some(&plan.status) {
-                for ev in &plan.events {
-                    let kind = if ev.warning { "Warning" } else { "Normal" };
-                    println!(
-                        "event {kind} {} TokenGrant {key}: {}",
-                        ev.reason, ev.message
-                    );
-                }
-                if let Err(e) =
-                    self.state
-                        .write_grant_status(&namespace, &g.name_any(), &plan.status)
-                {
-                    tracing::warn!(grant = %key, error = %e, "cannot save TokenGrant status");
-                }
-            }
-            // A failed issue is retried on the next tick.
-            let wake = if plan.failed {
-                Some(Duration::from_secs(5))
-            } else {
-                plan.requeue_after
-            };
-            if let Some(w) = wake {
-                next = Some(next.map_or(w, |n| n.min(w)));
-            }
-            g.status = Some(plan.status);
-            lines.push(self.describe_grant(&g));
+            let plan = token_grant::reconcile(&g, &w, &ctx);
+            let (status, wake) = self.settle(&held, g.status.as_ref(), plan.into(), |why| {
+                token_grant::after_write_failure(&g, &w, &ctx, why).into()
+            });
+            next = earliest(next, wake);
+            g.status = Some(status);
+            let secret = g.spec.output.as_ref().map(|o| o.secret_name.as_str());
+            let what = format!("audience {}", g.spec.audience);
+            lines.push(self.describe_token(&held, g.status.as_ref(), secret, what));
         }
-        *self.next_due.lock().expect("not poisoned") = next.map(|d| std::time::Instant::now() + d);
-        lines
+        (lines, next)
     }
 
-    /// The manifests' grants with `metadata.uid` set from the state dir (there is no API
-    /// server to assign one). A grant missing from the manifests loses its uid, unless some
-    /// manifest could not be read: a file caught mid-edit must not void every token of the
-    /// grants in it.
-    fn grants_with_uids(&self, world: &Manifests) -> Vec<crate::api::TokenGrant> {
-        let present: Vec<String> = world.grants.iter().map(store::key_of).collect();
-        let (uids, saved) = self.state.grant_uids(
-            &present,
-            world.errors.is_empty(),
-            crate::crypto::new_client_id,
-        );
+    /// The AccessToken reconcile for every AccessToken, as for a grant's output: the account's
+    /// grants decide what the token may carry exactly as at the token endpoint
+    /// ([`access_token::authorization`]); statuses under the state dir, the token as
+    /// mounted-Secret files (without the token keys while it is not authorized). Returns a
+    /// line per AccessToken and when the next token is due.
+    fn apply_access_tokens(
+        &self,
+        tokens: &[crate::api::AccessToken],
+        grants: &[crate::api::TokenGrant],
+        accounts: &[crate::api::ServiceAccount],
+        keys: &Result<KeySet, String>,
+        now: SystemTime,
+    ) -> (Vec<String>, Option<Duration>) {
+        let ctx = access_token::Context { now };
+        let mut lines = vec![];
+        let mut next: Option<Duration> = None;
+        for t in tokens {
+            let mut t = t.clone();
+            let held = Held::of(TokenKind::AccessToken, &t);
+            t.status = self.read_token_status(&held);
+            let (accounts, grants) = access_token::relevant(&t, accounts, grants);
+            let registry =
+                store::build_registry(&accounts, &grants, self.options.allow_unclaimed_audiences);
+            let account = accounts.iter().find(|a| {
+                a.namespace() == t.namespace() && a.name_any() == t.spec.service_account_name
+            });
+            let w = access_token::World {
+                authorized: access_token::authorization(&t, account, &registry),
+                secret: self.observed_secret(&held, &t.spec.secret_name),
+                signing_key: keys.as_ref().map(|k| k.signer()).map_err(Clone::clone),
+                issuer: &self.issuer,
+                max_token_lifetime: self.options.max_token_lifetime,
+            };
+            let plan = access_token::reconcile(&t, &w, &ctx);
+            let (status, wake) = self.settle(&held, t.status.as_ref(), plan.into(), |why| {
+                access_token::after_write_failure(&t, &w, &ctx, why).into()
+            });
+            next = earliest(next, wake);
+            t.status = Some(status);
+            let what = format!("audiences {}", t.spec.audiences.join(", "));
+            lines.push(self.describe_token(
+                &held,
+                t.status.as_ref(),
+                Some(&t.spec.secret_name),
+                what,
+            ));
+        }
+        (lines, next)
+    }
+
+    /// The saved status of a grant or AccessToken.
+    fn read_token_status(&self, held: &Held) -> Option<TokenGrantStatus> {
+        match held.kind {
+            TokenKind::Grant => self.state.read_grant_status(&held.namespace, &held.name),
+            TokenKind::AccessToken => self
+                .state
+                .read_access_token_status(&held.namespace, &held.name),
+        }
+    }
+
+    /// A Secret a grant's output or an AccessToken would keep its token in, as observed.
+    fn observed_secret(&self, held: &Held, secret_name: &str) -> Option<ObservedSecret> {
+        let data = self.state.read_secret(&held.namespace, secret_name)?;
+        let controlled = self.state.owner_of(&held.namespace, secret_name).as_deref()
+            == Some(held.owner.as_str());
+        Some(ObservedSecret { data, controlled })
+    }
+
+    /// Carries out a grant's or AccessToken's plan: writes its Secret (on failure, the plan
+    /// `after_write_failure` makes of the error instead), and when the status changed prints
+    /// the Events and saves it. Returns the status and when to look again (soon after a
+    /// failed issue, else the renewal).
+    fn settle(
+        &self,
+        held: &Held,
+        old: Option<&TokenGrantStatus>,
+        mut plan: TokenPlan,
+        after_write_failure: impl FnOnce(&str) -> TokenPlan,
+    ) -> (TokenGrantStatus, Option<Duration>) {
+        let (namespace, name) = (&held.namespace, &held.name);
+        if let Some(s) = &plan.secret
+            && let Err(e) = self
+                .state
+                .write_secret(namespace, &s.name, &held.owner, &s.data)
+        {
+            plan = after_write_failure(&e.to_string());
+        }
+        let kind = held.kind.name();
+        if old != Some(&plan.status) {
+            for ev in &plan.events {
+                let level = if ev.warning { "Warning" } else { "Normal" };
+                println!(
+                    "event {level} {} {kind} {}: {}",
+                    ev.reason, held.key, ev.message
+                );
+            }
+            let saved = match held.kind {
+                TokenKind::Grant => self.state.write_grant_status(namespace, name, &plan.status),
+                TokenKind::AccessToken => {
+                    self.state
+                        .write_access_token_status(namespace, name, &plan.status)
+                }
+            };
+            if let Err(e) = saved {
+                tracing::warn!(object = %held.key, kind, error = %e, "cannot save status");
+            }
+        }
+        // A failed issue is retried on the next tick.
+        let wake = if plan.failed {
+            Some(Duration::from_secs(5))
+        } else {
+            plan.requeue_after
+        };
+        (plan.status, wake)
+    }
+
+    /// The objects with `metadata.uid` set from the state dir (there is no API server to
+    /// assign one), `kind` naming their uid file. An object missing from the manifests loses
+    /// its uid, unless `forget_missing` is false (some manifest could not be read): a file
+    /// caught mid-edit must not void every token of the grants in it.
+    fn with_uids<K: kube::Resource + Clone>(
+        &self,
+        kind: &str,
+        objects: &[K],
+        forget_missing: bool,
+    ) -> Vec<K> {
+        let present: Vec<String> = objects.iter().map(store::key_of).collect();
+        let (uids, saved) =
+            self.state
+                .uids(kind, &present, forget_missing, crate::crypto::new_client_id);
         if let Err(e) = saved {
             // The uids hold until the process ends; after a restart the grants would get new
             // ones and every token issued before would be void.
-            tracing::warn!(error = %e, "cannot save TokenGrant uids");
+            tracing::warn!(kind, error = %e, "cannot save uids");
         }
-        world
-            .grants
+        objects
             .iter()
-            .map(|g| {
-                let mut g = g.clone();
-                g.metadata.uid = uids.get(&store::key_of(&g)).cloned();
-                g
+            .map(|o| {
+                let mut o = o.clone();
+                o.meta_mut().uid = uids.get(&store::key_of(&o)).cloned();
+                o
             })
             .collect()
     }
 
-    fn describe_grant(&self, g: &crate::api::TokenGrant) -> String {
-        let status = g.status.clone().unwrap_or_default();
-        let readiness = match find(&status.conditions, types::READY) {
-            Some(c) if c.status == ConditionStatus::True => "Ready".to_owned(),
-            Some(c) => format!("NotReady ({}: {})", c.reason, c.message),
-            None => "Unknown".to_owned(),
-        };
-        let namespace = g.namespace().unwrap_or_default();
-        let what = match (&g.spec.output, &status.not_after) {
-            (Some(o), Some(t)) => format!(
+    /// One line for a grant or AccessToken: Ready or why not, and where its token is until
+    /// when, or else `what`.
+    fn describe_token(
+        &self,
+        held: &Held,
+        status: Option<&TokenGrantStatus>,
+        secret: Option<&str>,
+        what: String,
+    ) -> String {
+        let status = status.cloned().unwrap_or_default();
+        let what = match (secret, &status.not_after) {
+            (Some(secret), Some(t)) => format!(
                 "token in {} until {}",
-                self.state.secret_dir(&namespace, &o.secret_name).display(),
+                self.state.secret_dir(&held.namespace, secret).display(),
                 t.0
             ),
-            _ => format!("audience {}", g.spec.audience),
+            _ => what,
         };
-        format!("  {:<36} {readiness:<8} {what}", store::key_of(g))
+        format!(
+            "  {:<36} {:<8} {what}",
+            held.key,
+            readiness(&status.conditions)
+        )
     }
 
     /// One line per TrustedIssuer: Ready, or the reason it is not.
@@ -510,12 +625,7 @@ impl Dev {
 
     fn describe(&self, sa: &crate::api::ServiceAccount) -> String {
         let status = sa.status.clone().unwrap_or_default();
-        let ready = find(&status.conditions, types::READY);
-        let readiness = match ready {
-            Some(c) if c.status == ConditionStatus::True => "Ready".to_owned(),
-            Some(c) => format!("NotReady ({}: {})", c.reason, c.message),
-            None => "Unknown".to_owned(),
-        };
+        let readiness = readiness(&status.conditions);
         let namespace = sa.namespace().unwrap_or_default();
         let creds: Vec<String> = secret_names(sa)
             .iter()
@@ -558,11 +668,111 @@ fn print_banner(dev: &Dev, summary: &Applied) {
             println!("{line}");
         }
     }
+    if !summary.access_tokens.is_empty() {
+        println!("access tokens:");
+        for line in &summary.access_tokens {
+            println!("{line}");
+        }
+    }
     let issuers = dev.describe_issuers();
     if !issuers.is_empty() {
         println!("trusted issuers:");
         for line in issuers {
             println!("{line}");
+        }
+    }
+}
+
+/// `Ready`, `NotReady (reason: message)` or `Unknown`, from the Ready condition.
+fn readiness(conditions: &[crate::api::conditions::Condition]) -> String {
+    match find(conditions, types::READY) {
+        Some(c) if c.status == ConditionStatus::True => "Ready".to_owned(),
+        Some(c) => format!("NotReady ({}: {})", c.reason, c.message),
+        None => "Unknown".to_owned(),
+    }
+}
+
+/// The sooner of two wake-ups.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Which kind of object keeps a token in a Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenKind {
+    /// A TokenGrant with `spec.output`.
+    Grant,
+    /// An AccessToken.
+    AccessToken,
+}
+
+impl TokenKind {
+    fn name(self) -> &'static str {
+        match self {
+            TokenKind::Grant => "TokenGrant",
+            TokenKind::AccessToken => "AccessToken",
+        }
+    }
+}
+
+/// A grant or AccessToken, as `dev` names it and its Secrets.
+struct Held {
+    kind: TokenKind,
+    namespace: String,
+    name: String,
+    /// `namespace/name`.
+    key: String,
+    /// Its Secrets' owner in the state dir: the kind and `namespace/name` (not the key
+    /// alone: an account of the same name must not pass for it).
+    owner: String,
+}
+
+impl Held {
+    fn of<K: ResourceExt>(kind: TokenKind, obj: &K) -> Self {
+        let key = store::key_of(obj);
+        Self {
+            kind,
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            owner: format!("{}:{key}", kind.name().to_lowercase()),
+            key,
+        }
+    }
+}
+
+/// What `dev` acts on in the plan of a grant's output or an AccessToken (the same fields;
+/// a grant's deny-list entries have nowhere to go here, see `apply_grants`).
+struct TokenPlan {
+    status: TokenGrantStatus,
+    secret: Option<crate::service_account::DesiredSecret>,
+    events: Vec<crate::k8s::Event>,
+    requeue_after: Option<Duration>,
+    failed: bool,
+}
+
+impl From<token_grant::Plan> for TokenPlan {
+    fn from(p: token_grant::Plan) -> Self {
+        Self {
+            status: p.status,
+            secret: p.secret,
+            events: p.events,
+            requeue_after: p.requeue_after,
+            failed: p.failed,
+        }
+    }
+}
+
+impl From<access_token::Plan> for TokenPlan {
+    fn from(p: access_token::Plan) -> Self {
+        Self {
+            status: p.status,
+            secret: p.secret,
+            events: p.events,
+            requeue_after: p.requeue_after,
+            failed: p.failed,
         }
     }
 }

@@ -1,20 +1,32 @@
 //! The `dev` state dir. Secrets are laid out like a mounted Secret volume,
 //! `<dir>/<namespace>/<secret>/<key>`, so a workload example can point at it. Bookkeeping
 //! that a cluster keeps in the API (statuses, which object owns which Secret, TokenGrant
-//! uids, the operator's signing keys, the RFC 7009 deny list) lives under `<dir>/.s2s/`, a name
+//! and AccessToken uids, the operator's signing keys, the RFC 7009 deny list) lives under `<dir>/.s2s/`, a name
 //! no namespace can have.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::api::{ServiceAccountStatus, TokenGrantStatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{AccessTokenStatus, ServiceAccountStatus, TokenGrantStatus};
 use crate::signing_keys::{self, Policy};
 use crate::token::KeySet;
 use crate::token::deny::{expired_keys, jti_key};
 
 /// The operator's own namespace in `dev`, where the signing keys Secret lives.
 pub const OPERATOR_NAMESPACE: &str = "s2s-system";
+
+/// The kind folder of ServiceAccounts under `.s2s/status/`.
+const SERVICE_ACCOUNTS: &str = "serviceaccounts";
+
+/// The kind folder of TokenGrants under `.s2s/status/` and `.s2s/uids/`.
+pub const TOKEN_GRANTS: &str = "tokengrants";
+
+/// The kind folder of AccessTokens under `.s2s/status/` and `.s2s/uids/`.
+pub const ACCESS_TOKENS: &str = "accesstokens";
 
 /// A state dir.
 #[derive(Debug, Clone)]
@@ -99,16 +111,9 @@ impl StateDir {
         self.owners().remove(&format!("{namespace}/{name}"))
     }
 
-    fn status_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.root
-            .join(".s2s/status/serviceaccounts")
-            .join(namespace)
-            .join(format!("{name}.json"))
-    }
-
     /// A ServiceAccount's saved status.
     pub fn read_status(&self, namespace: &str, name: &str) -> Option<ServiceAccountStatus> {
-        serde_json::from_slice(&std::fs::read(self.status_path(namespace, name)).ok()?).ok()
+        self.read_object_status(SERVICE_ACCOUNTS, namespace, name)
     }
 
     /// Saves a ServiceAccount's status.
@@ -118,26 +123,48 @@ impl StateDir {
         name: &str,
         status: &ServiceAccountStatus,
     ) -> io::Result<()> {
-        let path = self.status_path(namespace, name);
+        self.write_object_status(SERVICE_ACCOUNTS, namespace, name, status)
+    }
+}
+
+impl StateDir {
+    /// Where the status of an object of `kind` (its plural, e.g. `tokengrants`) is saved.
+    fn object_status_path(&self, kind: &str, namespace: &str, name: &str) -> PathBuf {
+        self.root
+            .join(".s2s/status")
+            .join(kind)
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    fn read_object_status<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<T> {
+        let path = self.object_status_path(kind, namespace, name);
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn write_object_status<T: Serialize>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        status: &T,
+    ) -> io::Result<()> {
+        let path = self.object_status_path(kind, namespace, name);
         create_private_dir(path.parent().expect("has a parent"))?;
         write_private(
             &path,
             &serde_json::to_vec_pretty(status).expect("status serializes"),
         )
     }
-}
-
-impl StateDir {
-    fn grant_status_path(&self, namespace: &str, name: &str) -> PathBuf {
-        self.root
-            .join(".s2s/status/tokengrants")
-            .join(namespace)
-            .join(format!("{name}.json"))
-    }
 
     /// A TokenGrant's saved status.
     pub fn read_grant_status(&self, namespace: &str, name: &str) -> Option<TokenGrantStatus> {
-        serde_json::from_slice(&std::fs::read(self.grant_status_path(namespace, name)).ok()?).ok()
+        self.read_object_status(TOKEN_GRANTS, namespace, name)
     }
 
     /// Saves a TokenGrant's status.
@@ -147,33 +174,49 @@ impl StateDir {
         name: &str,
         status: &TokenGrantStatus,
     ) -> io::Result<()> {
-        let path = self.grant_status_path(namespace, name);
-        create_private_dir(path.parent().expect("has a parent"))?;
-        write_private(
-            &path,
-            &serde_json::to_vec_pretty(status).expect("status serializes"),
-        )
+        self.write_object_status(TOKEN_GRANTS, namespace, name, status)
+    }
+
+    /// An AccessToken's saved status.
+    pub fn read_access_token_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<AccessTokenStatus> {
+        self.read_object_status(ACCESS_TOKENS, namespace, name)
+    }
+
+    /// Saves an AccessToken's status.
+    pub fn write_access_token_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &AccessTokenStatus,
+    ) -> io::Result<()> {
+        self.write_object_status(ACCESS_TOKENS, namespace, name, status)
     }
 }
 
 impl StateDir {
-    fn grant_uids_path(&self) -> PathBuf {
-        self.root.join(".s2s/uids/tokengrants.json")
+    fn uids_path(&self, kind: &str) -> PathBuf {
+        self.root.join(".s2s/uids").join(format!("{kind}.json"))
     }
 
-    /// The uid of every grant in `present` (`namespace/name`), as the API server would keep
-    /// `metadata.uid`: the one saved for it, or a new one from `new_uid` for a grant not seen
-    /// before. Tokens name their grant by uid, so a grant no longer present is forgotten
-    /// (when `forget_missing`) and gets a new uid if it comes back: its old tokens stay void,
-    /// as for a TokenGrant deleted and created again. Saved only when something changed; the
-    /// second value says whether saving worked (the uids hold for this pass either way).
-    pub fn grant_uids(
+    /// The uid of every object of `kind` (its plural, e.g. `tokengrants`) in `present`
+    /// (`namespace/name`), as the API server would keep `metadata.uid`: the one saved for it,
+    /// or a new one from `new_uid` for an object not seen before. Tokens name their grant by
+    /// uid, so an object no longer present is forgotten (when `forget_missing`) and gets a new
+    /// uid if it comes back: its old tokens stay void, as for an object deleted and created
+    /// again. Saved only when something changed; the second value says whether saving worked
+    /// (the uids hold for this pass either way).
+    pub fn uids(
         &self,
+        kind: &str,
         present: &[String],
         forget_missing: bool,
         mut new_uid: impl FnMut() -> String,
     ) -> (BTreeMap<String, String>, io::Result<()>) {
-        let path = self.grant_uids_path();
+        let path = self.uids_path(kind);
         let saved: BTreeMap<String, String> = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
