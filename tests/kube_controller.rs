@@ -94,6 +94,15 @@ impl Replica {
 
 /// A token server running in this process; returns its stop handle.
 async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::Sender<bool> {
+    start_token_server_auditing(client, port, issuer, s2s_operator::http::audit::Target::Off).await
+}
+
+async fn start_token_server_auditing(
+    client: Client,
+    port: u16,
+    issuer: &str,
+    audit: s2s_operator::http::audit::Target,
+) -> watch::Sender<bool> {
     let (stop, stop_rx) = watch::channel(false);
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
     let options = token_server::Options {
@@ -105,7 +114,7 @@ async fn start_token_server(client: Client, port: u16, issuer: &str) -> watch::S
         max_token_lifetime: Duration::from_secs(3600),
         allow_unclaimed_audiences: false,
         limits: Default::default(),
-        audit: s2s_operator::http::audit::Target::Off,
+        audit,
         shutdown_drain: Duration::from_millis(100),
     };
     tokio::spawn(async move {
@@ -649,8 +658,17 @@ async fn transient_failures_back_off_and_nothing_is_regenerated() {
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
 
-    // Before any signing key exists the token server is not ready, and says so per RFC.
-    let server = start_token_server(api.client_as("s2s-token-server"), port, &issuer).await;
+    // Before any signing key exists the token server is not ready, and says so per RFC; the
+    // audit trail records the refusal.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_file = audit_dir.path().join("audit.jsonl");
+    let server = start_token_server_auditing(
+        api.client_as("s2s-token-server"),
+        port,
+        &issuer,
+        s2s_operator::http::audit::Target::File(audit_file.clone()),
+    )
+    .await;
     let r = support::http()
         .get(format!("{issuer}/readyz"))
         .send()
@@ -668,6 +686,15 @@ async fn transient_failures_back_off_and_nothing_is_regenerated() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable");
+    let record: Value = eventually(Duration::from_secs(5), "the audit record", || async {
+        let text = std::fs::read_to_string(&audit_file).ok()?;
+        serde_json::from_str(text.lines().next()?).ok()
+    })
+    .await;
+    assert_eq!(record["endpoint"], "token");
+    assert_eq!(record["outcome"], "refused");
+    assert_eq!(record["error"], "temporarily_unavailable");
+    assert_eq!(record["source"], "127.0.0.1");
 
     let replica = start_controller(
         api.client_as("s2s-controller"),

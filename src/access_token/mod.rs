@@ -206,81 +206,56 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
             format!("Secret {secret_name} exists and is not controlled by this AccessToken"),
         )
     });
-    let mut events = vec![];
-    let mut secret = None;
-    let mut failed = false;
-    let mut issuing = None;
     let mut blocker = conflict.or_else(|| world.authorized.clone().err());
-    if let Some(p) = &blocker {
-        {
-            if p.reason != reasons::SECRET_CONFLICT && p.reason != reasons::PENDING {
-                // No longer authorized: the token leaves the Secret (token servers already
-                // hold it inactive if a grant it names went).
-                if keys::ALL.iter().any(|k| data.contains_key(*k)) {
-                    let mut kept = data.clone();
-                    for k in keys::ALL {
-                        kept.remove(k);
-                    }
-                    secret = Some(DesiredSecret {
-                        name: secret_name.clone(),
-                        data: kept,
-                    });
-                }
-                status.not_after = None;
-                status.renewal_time = None;
-                status.token_id = None;
-                in_place = None;
-            }
+    let mut out = Plan {
+        status: AccessTokenStatus::default(),
+        secret: None,
+        events: vec![],
+        requeue_after: None,
+        failed: false,
+    };
+    let mut issue_failure = None;
+    match (&blocker, &world.authorized) {
+        (Some(p), _) if withdraws(p) => {
+            // No longer authorized: the token leaves the Secret (token servers already hold
+            // it inactive when a grant it names went).
+            out.secret = without_token(&data, secret_name);
+            status.not_after = None;
+            status.token_id = None;
+            in_place = None;
         }
-    } else if let Ok(authorized) = &world.authorized {
-        {
+        (None, Ok(authorized)) => {
             let want = desired_claims(world.issuer, authorized, token, lifetime, ctx.now);
-            let due = output_due(
-                &want,
-                in_place.as_ref(),
-                &old,
-                (lifetime, renew_before),
-                ctx.now,
-            );
-            if let Some(due) = due {
+            let timing = (lifetime, renew_before);
+            if let Some(due) = output_due(&want, in_place.as_ref(), &old, timing, ctx.now) {
                 let why = match due {
                     OutputDue::Outdated(what) => format!("the token's {what} changed"),
                     other => other.message(secret_name),
                 };
+                let renewed = in_place.is_some() || old.revision.is_some();
                 match issue(world, write_failed, secret_name, &data, want) {
                     Ok((written, claims)) => {
-                        let revision = status.revision.unwrap_or(0) + 1;
-                        status.revision = Some(revision);
-                        status.last_issued = Some(to_time(ctx.now));
-                        status.not_after = Some(to_time(at_unix(claims.exp)));
-                        status.token_id = Some(claims.jti.clone());
-                        let reason = if in_place.is_some() || old.revision.is_some() {
-                            reasons::RENEWED
-                        } else {
-                            reasons::ISSUED
-                        };
-                        events.push(event(
-                            false,
-                            reason,
-                            &format!(
-                                "token {} (revision {revision}) written to Secret {secret_name}, valid until {} ({why})",
-                                claims.jti,
-                                rfc3339(at_unix(claims.exp))
-                            ),
+                        let revision = record_issued(&mut status, &claims, ctx.now);
+                        out.events.push(issued_event(
+                            renewed,
+                            revision,
+                            secret_name,
+                            &claims,
+                            &why,
                         ));
-                        secret = Some(written);
+                        out.secret = Some(written);
                         in_place = Some(claims);
                     }
                     Err(message) => {
-                        failed = true;
-                        events.push(event(
+                        out.failed = true;
+                        out.events.push(event(
                             true,
                             reasons::ISSUE_FAILED,
                             &format!(
                                 "{why}: {message}; the previous token, if any, stays in place"
                             ),
                         ));
-                        issuing = Some((reasons::ISSUE_FAILED, format!("{why}: {message}")));
+                        issue_failure = Some(format!("{why}: {message}"));
                         if in_place.is_none() {
                             blocker = Some(Problem::new(reasons::ISSUE_FAILED, message));
                         }
@@ -288,24 +263,102 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
                 }
             }
         }
+        // Pending or a conflict: nothing is written, a token in place stays.
+        _ => {}
     }
-    let mut requeue_after = None;
-    match &in_place {
-        Some(c) => {
-            let renewal = at_unix(c.exp) - renew_before;
-            status.renewal_time = Some(to_time(renewal));
-            requeue_after = Some(
-                renewal
-                    .duration_since(ctx.now)
-                    .unwrap_or_default()
-                    .max(Duration::from_secs(1)),
-            );
-        }
-        None => status.renewal_time = None,
+    status.renewal_time = in_place
+        .as_ref()
+        .map(|c| to_time(at_unix(c.exp) - renew_before));
+    out.requeue_after = in_place.as_ref().map(|c| {
+        (at_unix(c.exp) - renew_before)
+            .duration_since(ctx.now)
+            .unwrap_or_default()
+            .max(Duration::from_secs(1))
+    });
+    if let Some(p) = blocker
+        .as_ref()
+        .filter(|p| p.reason != reasons::PENDING && p.reason != reasons::ISSUE_FAILED)
+    {
+        out.events.push(event(true, p.reason, &p.message));
     }
-    let now = to_time(ctx.now);
     let generation = token.metadata.generation;
-    let (ready, reason, message) = match (&blocker, &in_place) {
+    let now = to_time(ctx.now);
+    let (ready, issuing) = conditions(
+        secret_name,
+        blocker.as_ref(),
+        in_place.as_ref(),
+        issue_failure,
+        renew_before,
+    );
+    set_condition(&mut status.conditions, ready, generation, &now);
+    set_condition(&mut status.conditions, issuing, generation, &now);
+    out.status = status;
+    out
+}
+
+/// Whether a problem takes the token out of the Secret: every authorization problem, but not
+/// waiting for the account (`Pending`) or a Secret someone else owns.
+fn withdraws(p: &Problem) -> bool {
+    p.reason != reasons::SECRET_CONFLICT && p.reason != reasons::PENDING
+}
+
+/// The Secret's data without the token keys, if it holds any.
+fn without_token(data: &BTreeMap<String, String>, secret_name: &str) -> Option<DesiredSecret> {
+    if !keys::ALL.iter().any(|k| data.contains_key(*k)) {
+        return None;
+    }
+    let mut kept = data.clone();
+    for k in keys::ALL {
+        kept.remove(k);
+    }
+    Some(DesiredSecret {
+        name: secret_name.to_owned(),
+        data: kept,
+    })
+}
+
+/// Records a newly written token in `status`; returns its revision.
+fn record_issued(status: &mut AccessTokenStatus, claims: &AccessClaims, now: SystemTime) -> i64 {
+    let revision = status.revision.unwrap_or(0) + 1;
+    status.revision = Some(revision);
+    status.last_issued = Some(to_time(now));
+    status.not_after = Some(to_time(at_unix(claims.exp)));
+    status.token_id = Some(claims.jti.clone());
+    revision
+}
+
+fn issued_event(
+    renewed: bool,
+    revision: i64,
+    secret_name: &str,
+    claims: &AccessClaims,
+    why: &str,
+) -> Event {
+    let reason = if renewed {
+        reasons::RENEWED
+    } else {
+        reasons::ISSUED
+    };
+    event(
+        false,
+        reason,
+        &format!(
+            "token {} (revision {revision}) written to Secret {secret_name}, valid until {} ({why})",
+            claims.jti,
+            rfc3339(at_unix(claims.exp))
+        ),
+    )
+}
+
+/// `Ready` (True while a valid token is in place and nothing blocks) and `Issuing`.
+fn conditions(
+    secret_name: &str,
+    blocker: Option<&Problem>,
+    in_place: Option<&AccessClaims>,
+    issue_failure: Option<String>,
+    renew_before: Duration,
+) -> (Desired<'static>, Desired<'static>) {
+    let (status, reason, message) = match (blocker, in_place) {
         (Some(p), _) => (ConditionStatus::False, p.reason, p.message.clone()),
         (None, Some(_)) => (
             ConditionStatus::True,
@@ -318,25 +371,14 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
             format!("no valid token in Secret {secret_name} yet"),
         ),
     };
-    let warn = blocker
-        .as_ref()
-        .filter(|p| p.reason != reasons::PENDING && p.reason != reasons::ISSUE_FAILED);
-    if let Some(p) = warn {
-        events.push(event(true, p.reason, &p.message));
-    }
-    set_condition(
-        &mut status.conditions,
-        Desired {
-            type_: types::READY,
-            status: ready,
-            reason,
-            message,
-        },
-        generation,
-        &now,
-    );
-    let (issuing_status, issuing_reason, issuing_message) = match (issuing, &blocker, &in_place) {
-        (Some((reason, message)), _, _) => (ConditionStatus::False, reason, message),
+    let ready = Desired {
+        type_: types::READY,
+        status,
+        reason,
+        message,
+    };
+    let (status, reason, message) = match (issue_failure, blocker, in_place) {
+        (Some(message), _, _) => (ConditionStatus::False, reasons::ISSUE_FAILED, message),
         (None, Some(p), _) => (ConditionStatus::False, p.reason, p.message.clone()),
         (None, None, Some(c)) => (
             ConditionStatus::False,
@@ -354,24 +396,13 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
             "a token is due".into(),
         ),
     };
-    set_condition(
-        &mut status.conditions,
-        Desired {
-            type_: types::ISSUING,
-            status: issuing_status,
-            reason: issuing_reason,
-            message: issuing_message,
-        },
-        generation,
-        &now,
-    );
-    Plan {
+    let issuing = Desired {
+        type_: types::ISSUING,
         status,
-        secret,
-        events,
-        requeue_after,
-        failed,
-    }
+        reason,
+        message,
+    };
+    (ready, issuing)
 }
 
 /// The token the AccessToken asks for at `now` (no `jti` yet).

@@ -238,7 +238,15 @@ fn error_response(status: StatusCode, err: &OAuthError) -> Response {
 
 /// The answer while the read model is not loaded: nothing is issued or judged from a
 /// partial view (an account not yet seen would look unknown).
-fn not_ready(s: &AppState, endpoint: &str, start: Instant) -> Option<Response> {
+/// Audited (as refused, `temporarily_unavailable`) when `audited`: every token,
+/// introspection and revocation request leaves a record, answered or not.
+fn not_ready(
+    s: &AppState,
+    endpoint: &'static str,
+    start: Instant,
+    source: Option<IpAddr>,
+    audited: bool,
+) -> Option<Response> {
     if s.ready.load(Ordering::Acquire) {
         return None;
     }
@@ -247,6 +255,13 @@ fn not_ready(s: &AppState, endpoint: &str, start: Instant) -> Option<Response> {
         "the token server is starting; retry shortly",
     );
     s.metrics.observe(endpoint, "none", e.code.as_str(), start);
+    if audited {
+        s.audit.record(|| audit::Record {
+            error: Some(e.code.as_str()),
+            source,
+            ..audit::Record::new(endpoint, "refused")
+        });
+    }
     let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, &e);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -261,7 +276,7 @@ async fn token(
 ) -> Response {
     let start = Instant::now();
     let source = source_of(&ext);
-    if let Some(resp) = not_ready(&s, "token", start) {
+    if let Some(resp) = not_ready(&s, "token", start, source, true) {
         return resp;
     }
     let (auth, params) = match read_form(&headers, body).await {
@@ -359,7 +374,7 @@ async fn form_endpoint(
     call: impl FnOnce(&ClientAuth, &Params) -> Result<Response, OAuthError>,
 ) -> Response {
     let start = Instant::now();
-    if let Some(resp) = not_ready(s, endpoint, start) {
+    if let Some(resp) = not_ready(s, endpoint, start, source, true) {
         return resp;
     }
     let result = match read_form(headers, body).await {
@@ -428,7 +443,7 @@ async fn revoke(
 ) -> Response {
     let start = Instant::now();
     let source = source_of(&ext);
-    if let Some(resp) = not_ready(&s, "revoke", start) {
+    if let Some(resp) = not_ready(&s, "revoke", start, source, true) {
         return resp;
     }
     let mut caller = None;
@@ -537,7 +552,7 @@ async fn tenants(
     uri: axum::http::Uri,
 ) -> Response {
     let start = Instant::now();
-    if let Some(resp) = not_ready(&s, "tenants", start) {
+    if let Some(resp) = not_ready(&s, "tenants", start, source_of(&ext), false) {
         return resp;
     }
     let query: std::collections::BTreeMap<String, String> = uri
