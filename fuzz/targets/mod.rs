@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use s2s_operator::api::trusted_issuer::JwsAlgorithm;
 use s2s_operator::crypto::{self, CryptoError, GeneratedKey, Jwk, KeyAlgorithm, SigningKey};
+use s2s_operator::access_token;
 use s2s_operator::service_account::{self, Generator, Observed};
 use s2s_operator::token::registry::{DelegationRule, FederatedMatch};
 use s2s_operator::token::{
@@ -428,4 +429,26 @@ pub fn manifests(data: &[u8]) {
     }
     let _ = s2s_operator::store::build_registry(&accounts, &m.grants, false);
     let _ = s2s_operator::store::build_registry(&accounts, &m.grants, true);
+    // AccessTokens: authorized by the grants as the token endpoint would, then reconciled
+    // with our key (the jti is random, so only "no panic" is checked here).
+    let key = signing_key(KeyAlgorithm::ES256, "signer", SIGNER_PEM);
+    for t in &m.access_tokens {
+        let (relevant_accounts, grants) = access_token::relevant(t, &accounts, &m.grants);
+        let registry = s2s_operator::store::build_registry(&relevant_accounts, &grants, false);
+        let account = relevant_accounts.iter().find(|a| {
+            a.metadata.namespace == t.metadata.namespace
+                && a.metadata.name.as_deref() == Some(t.spec.service_account_name.as_str())
+        });
+        let world = access_token::World {
+            authorized: access_token::authorization(t, account, &registry),
+            secret: None,
+            signing_key: Ok(&key),
+            issuer: ISSUER,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+        };
+        let now = access_token::Context {
+            now: UNIX_EPOCH + Duration::from_secs(NOW),
+        };
+        let _ = access_token::reconcile(t, &world, &now);
+    }
 }
