@@ -358,8 +358,12 @@ async fn grants_issue_renew_survive_restarts_and_revoke() {
     assert!(deny.denies("other-jti", &client_id, AUDIENCE, iat2, now));
     assert!(deny.denies(claims2["jti"].as_str().unwrap(), "x", "y", 0, now));
     assert!(!deny.denies("other-jti", &client_id, "https://elsewhere", iat2, now));
-    let events = scenario::events_for(admin.clone(), "shop", "worker").await;
-    assert!(events.iter().any(|e| e.1 == "Revoked"), "{events:?}");
+    // The Event follows the status write: wait for it rather than race it.
+    scenario::eventually(Duration::from_secs(10), "the Revoked Event", || async {
+        let events = scenario::events_for(admin.clone(), "shop", "worker").await;
+        events.iter().any(|e| e.1 == "Revoked").then_some(())
+    })
+    .await;
     // Written once: later passes write nothing more.
     let entries = api
         .object("", "configmaps", Some(OP_NS), "s2s-revocations")

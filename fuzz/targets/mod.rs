@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use s2s_operator::access_token;
 use s2s_operator::api::trusted_issuer::JwsAlgorithm;
 use s2s_operator::crypto::{self, CryptoError, GeneratedKey, Jwk, KeyAlgorithm, SigningKey};
-use s2s_operator::access_token;
 use s2s_operator::service_account::{self, Generator, Observed};
 use s2s_operator::token::registry::{DelegationRule, FederatedMatch};
 use s2s_operator::token::{

@@ -11,22 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 
-use super::{COMPONENT, Context, Plan, World, after_write_failure};
+use super::{COMPONENT, Context, World, after_write_failure};
 use crate::api::conditions::{ConditionStatus, types};
 use crate::api::{AccessToken, ServiceAccount, TokenGrant};
 use crate::k8s::conditions::find;
-use crate::k8s::{self, Error, FIELD_MANAGER};
+use crate::k8s::{self, Error};
 use crate::service_account::ObservedSecret;
 use crate::service_account::controller::{RESYNC, RETRY_NOT_READY};
 use crate::token::Clock;
-use crate::token_grant::controller::{signing_key, write_owned_secret};
+use crate::token_grant::controller::{
+    apply_token_status, publish_token_events, signing_key, write_owned_secret,
+};
 
 /// Label naming the AccessToken on its Secret.
 pub const ACCESS_TOKEN_LABEL: &str = "s2s.dev/access-token";
@@ -174,8 +174,8 @@ async fn apply(token: &AccessToken, ctx: &Ctx) -> Result<Action, Error> {
             write_error = Some(e);
         }
     }
-    write_status(token, ctx, &plan).await?;
-    publish_events(token, ctx, &plan).await;
+    apply_token_status(&ctx.client, token, token.status.as_ref(), &plan.status).await?;
+    publish_token_events(&ctx.recorder, token, token.status.as_ref(), &plan.events).await;
     if let Some(e) = write_error {
         return Err(e);
     }
@@ -192,53 +192,6 @@ async fn apply(token: &AccessToken, ctx: &Ctx) -> Result<Action, Error> {
         next = next.min(RETRY_NOT_READY);
     }
     Ok(Action::requeue(next))
-}
-
-async fn write_status(token: &AccessToken, ctx: &Ctx, plan: &Plan) -> Result<(), Error> {
-    if token.status.as_ref() == Some(&plan.status) {
-        return Ok(());
-    }
-    let api: Api<AccessToken> =
-        Api::namespaced(ctx.client.clone(), &token.namespace().unwrap_or_default());
-    let body = json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "AccessToken",
-        "metadata": {"name": token.name_any()},
-        "status": plan.status,
-    });
-    api.patch_status(
-        &token.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "patch status of AccessToken {}",
-        k8s::display(token)
-    )))?;
-    Ok(())
-}
-
-/// Publishes the plan's Events; a Warning whose reason the stored status already carries is
-/// not repeated.
-async fn publish_events(token: &AccessToken, ctx: &Ctx, plan: &Plan) {
-    let reported: Vec<String> = token
-        .status
-        .as_ref()
-        .map(|s| {
-            [types::READY, types::ISSUING]
-                .iter()
-                .filter_map(|t| find(&s.conditions, t).map(|c| c.reason.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    k8s::publish_events(
-        &ctx.recorder,
-        &token.object_ref(&()),
-        &plan.events,
-        &reported,
-    )
-    .await;
 }
 
 /// Per-object exponential backoff, as for ServiceAccounts.

@@ -154,14 +154,11 @@ pub fn authorization(
 
 /// The token's lifetime and how long before expiry it is renewed.
 pub fn timing(token: &AccessToken, max_token_lifetime: Duration) -> (Duration, Duration) {
-    let lifetime = token.spec.lifetime.as_std().min(max_token_lifetime);
-    let renew_before = token
-        .spec
-        .renew_before
-        .map(|d| d.as_std())
-        .filter(|d| *d < lifetime)
-        .unwrap_or(lifetime / 3);
-    (lifetime, renew_before)
+    crate::token_grant::renewal_timing(
+        token.spec.lifetime.as_std(),
+        token.spec.renew_before.map(|d| d.as_std()),
+        max_token_lifetime,
+    )
 }
 
 /// The time of the pass.

@@ -31,7 +31,7 @@ use super::{
     audience_owner, resolve_subject, subject_account,
 };
 use crate::api::conditions::{ConditionStatus, reasons, types};
-use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::api::{ServiceAccount, TokenGrant, TokenGrantStatus, TrustedIssuer};
 use crate::crypto::SigningKey;
 use crate::k8s::conditions::find;
 use crate::k8s::{self, Error, FIELD_MANAGER, TOKEN_GRANT_LABEL};
@@ -346,36 +346,61 @@ pub async fn write_owned_secret<K: Resource<DynamicType = ()> + ResourceExt>(
 }
 
 async fn write_status(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) -> Result<(), Error> {
-    if grant.status.as_ref() == Some(&plan.status) {
+    apply_token_status(&ctx.client, grant, grant.status.as_ref(), &plan.status).await
+}
+
+/// Writes the status of a grant or an AccessToken (server-side apply, forced: the operator
+/// owns status), only when it changed.
+pub async fn apply_token_status<K>(
+    client: &Client,
+    obj: &K,
+    old: Option<&TokenGrantStatus>,
+    status: &TokenGrantStatus,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    if old == Some(status) {
         return Ok(());
     }
-    let api: Api<TokenGrant> =
-        Api::namespaced(ctx.client.clone(), &grant.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": crate::api::API_VERSION,
-        "kind": "TokenGrant",
-        "metadata": {"name": grant.name_any()},
-        "status": plan.status,
+        "kind": K::kind(&()),
+        "metadata": {"name": obj.name_any()},
+        "status": status,
     });
     api.patch_status(
-        &grant.name_any(),
+        &obj.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await
     .map_err(Error::kube(format!(
-        "patch status of TokenGrant {}",
-        k8s::display(grant)
+        "patch status of {} {}",
+        K::kind(&()),
+        k8s::display(obj)
     )))?;
     Ok(())
 }
 
-/// Publishes the plan's Events. A Warning whose reason is already the stored Ready or Issuing
-/// reason is not repeated (reported once, not on every pass or retry).
 async fn publish_events(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) {
-    let reported: Vec<String> = grant
-        .status
-        .as_ref()
+    publish_token_events(&ctx.recorder, grant, grant.status.as_ref(), &plan.events).await;
+}
+
+/// Publishes the Events of a grant's or an AccessToken's pass. A Warning whose reason is
+/// already the stored Ready or Issuing reason is not repeated (reported once, not on every
+/// pass or retry).
+pub async fn publish_token_events<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    old: Option<&TokenGrantStatus>,
+    events: &[k8s::Event],
+) {
+    let reported: Vec<String> = old
         .map(|s| {
             [types::READY, types::ISSUING]
                 .iter()
@@ -383,13 +408,7 @@ async fn publish_events(grant: &TokenGrant, ctx: &Ctx, plan: &Plan) {
                 .collect()
         })
         .unwrap_or_default();
-    k8s::publish_events(
-        &ctx.recorder,
-        &grant.object_ref(&()),
-        &plan.events,
-        &reported,
-    )
-    .await;
+    k8s::publish_events(recorder, &obj.object_ref(&()), events, &reported).await;
 }
 
 /// Per-object exponential backoff, as for ServiceAccounts.

@@ -319,14 +319,26 @@ pub fn output_timing(
     max_token_lifetime: Duration,
 ) -> Option<(Duration, Duration)> {
     let out = grant.spec.output.as_ref()?;
-    let lifetime = out.lifetime.as_std().min(max_token_lifetime);
-    // A renewBefore no shorter than the (capped) lifetime would renew on every pass.
-    let renew_before = out
-        .renew_before
-        .map(|d| d.as_std())
+    Some(renewal_timing(
+        out.lifetime.as_std(),
+        out.renew_before.map(|d| d.as_std()),
+        max_token_lifetime,
+    ))
+}
+
+/// A materialized token's lifetime (capped) and how long before expiry it is renewed: a
+/// `renewBefore` no shorter than the capped lifetime would renew on every pass, so it falls
+/// back to a third of the lifetime, as does none.
+pub fn renewal_timing(
+    lifetime: Duration,
+    renew_before: Option<Duration>,
+    max_token_lifetime: Duration,
+) -> (Duration, Duration) {
+    let lifetime = lifetime.min(max_token_lifetime);
+    let renew_before = renew_before
         .filter(|d| *d < lifetime)
         .unwrap_or(lifetime / 3);
-    Some((lifetime, renew_before))
+    (lifetime, renew_before)
 }
 
 /// The token an output Secret holds, if it is complete and readable.
