@@ -148,6 +148,15 @@ fn objects(api_ns: &str, cli_ns: &str, audience: &str) -> Vec<Value> {
                 "audience": audience, "scopes": ["orders:read"]
             }
         }),
+        // A token kept in a Secret of the client namespace, under the worker's grant.
+        json!({
+            "apiVersion": "s2s.dev/v1alpha1", "kind": "AccessToken",
+            "metadata": {"name": "worker-orders", "namespace": cli_ns},
+            "spec": {
+                "serviceAccountName": "worker", "audiences": [audience], "scopes": ["orders:read"],
+                "secretName": "worker-access-token", "lifetime": "1h"
+            }
+        }),
         // The cluster's own service-account issuer, so `status` and `check` show key state.
         json!({
             "apiVersion": "s2s.dev/v1alpha1", "kind": "TrustedIssuer",
@@ -395,6 +404,7 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     wait_ready(cluster, api_ns, "tokengrants.s2s.dev/worker").await;
     wait_ready(cluster, api_ns, "tokengrants.s2s.dev/signer").await;
     wait_ready(cluster, cli_ns, "trustedissuers.s2s.dev/cluster").await;
+    wait_ready(cluster, cli_ns, "accesstokens.s2s.dev/worker-orders").await;
 
     // check: everything in order (CRDs, Lease, token server and keys, issuers, webhook off).
     let out = super_check(&admin, &direct);
@@ -456,6 +466,109 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     for want in ["KIND", &format!("{cli_ns}  worker"), "TokenGrant"] {
         assert!(out.stdout.contains(want), "{want:?} missing: {out}");
     }
+    // An AccessToken: its report, beside its account, in the listings; renewed on demand.
+    let out = admin.ok(&["status", "accesstoken/worker-orders", "-n", cli_ns]);
+    for want in [
+        &format!("AccessToken {cli_ns}/worker-orders"),
+        &format!("serviceaccount {cli_ns}/worker"),
+        audience.as_str(),
+        "orders:read",
+        "worker-access-token (lifetime 1h",
+        "Token ID",
+        "Expires",
+        "(in 5",
+        "Renews",
+        "Revision     1",
+        "Ready",
+        "Issued",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} missing: {out}");
+    }
+    let out = admin.ok(&["status", "serviceaccount/worker", "-n", cli_ns]);
+    for want in [
+        "AccessTokens (tokens kept in this namespace)",
+        "worker-orders",
+        "worker-access-token",
+        "True (Ready)",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} missing: {out}");
+    }
+    let listed = |args: &[&str]| -> Vec<Value> {
+        let v: Value = serde_json::from_str(&admin.ok(args).stdout).expect("status -A -o json");
+        v.as_array().unwrap().clone()
+    };
+    for args in [
+        &["status", "-A", "-o", "json"][..],
+        &["status", "s2stoken", "-A", "-o", "json"][..],
+    ] {
+        let lines = listed(args);
+        assert!(
+            lines.iter().any(|l| l["kind"] == "AccessToken"
+                && l["namespace"] == cli_ns
+                && l["name"] == "worker-orders"
+                && l["ready"] == "True"
+                && l["reason"] == "Ready"),
+            "{args:?}: {lines:?}"
+        );
+        if args[1] == "s2stoken" {
+            assert!(
+                lines.iter().all(|l| l["kind"] == "AccessToken"),
+                "{lines:?}"
+            );
+        }
+    }
+    let secret_token = || {
+        cluster.kubectl(&[
+            "get",
+            "secret",
+            "worker-access-token",
+            "-n",
+            cli_ns,
+            "-o",
+            "jsonpath={.data.access_token}",
+        ])
+    };
+    let before = secret_token();
+    let first_id = cluster.kubectl(&[
+        "get",
+        "accesstokens.s2s.dev",
+        "worker-orders",
+        "-n",
+        cli_ns,
+        "-o",
+        "jsonpath={.status.tokenId}",
+    ]);
+    let out = admin.ok(&[
+        "rotate",
+        "accesstoken/worker-orders",
+        "-n",
+        cli_ns,
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(
+        out.stdout.contains("renewal requested (s2s.dev/rotate="),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("(revision 2) is in Secret worker-access-token"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains(&first_id), "the old token id: {out}");
+    assert_ne!(
+        before,
+        secret_token(),
+        "the Secret holds the new token once --wait returns"
+    );
+    let out = admin.ok(&["status", "s2stoken/worker-orders", "-n", cli_ns]);
+    assert!(out.stdout.contains("Revision     2"), "{out}");
+    assert!(
+        out.stdout.contains("renewal requested"),
+        "the Renewed Event: {out}"
+    );
+
     let out = admin.fails(&["status", "serviceaccount/nobody", "-n", cli_ns]);
     assert!(out.stderr.contains("not found"), "{out}");
     assert!(out.stderr.contains("hint:"), "{out}");
@@ -587,6 +700,13 @@ async fn scenario(cluster: &Cluster, op: &mut Operator, api_ns: &str, cli_ns: &s
     assert!(
         out.stdout
             .contains(&format!("from namespace {cli_ns} only")),
+        "{out}"
+    );
+    // Its Role has no accesstokens: the report says they are not shown, and still prints.
+    assert!(
+        out.stdout.contains(&format!(
+            "AccessTokens are not shown: you may not list accesstokens.s2s.dev in {cli_ns}"
+        )),
         "{out}"
     );
     let out = dev.ok(&["status", "serviceaccounts"]);

@@ -10,6 +10,10 @@
 //! account disabled or gone, a scope no longer allowed), `Ready=False` with the reason, and a
 //! token already in the Secret is taken out of it: it names every grant it was issued under
 //! (claim `grants`), so token servers hold it inactive from the moment a grant goes.
+//!
+//! A renewal on demand: a new value of the `s2s.dev/rotate` annotation (the ServiceAccount's,
+//! so `kubectl s2s rotate` sets one annotation for either kind) makes a new token due at once;
+//! the value is recorded in `status.rotationRequest` with the token that answered it.
 
 pub mod controller;
 
@@ -23,7 +27,7 @@ use crate::api::{AccessToken, AccessTokenStatus, ServiceAccount};
 use crate::crypto::{self, SigningKey};
 use crate::k8s::Event;
 use crate::k8s::conditions::{Desired, set_condition};
-use crate::service_account::{DesiredSecret, ObservedSecret, to_time};
+use crate::service_account::{DesiredSecret, ObservedSecret, ROTATE_ANNOTATION, to_time};
 use crate::token::{AccessClaims, Audience, Authorization, ErrorCode, Registry, authorize_client};
 use crate::token_grant::{
     OutputDue, Problem, TOKEN_TYPE_HEADER, at_unix, event, is_recorded, keys, output_due, rfc3339,
@@ -224,15 +228,26 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
         (None, Ok(authorized)) => {
             let want = desired_claims(world.issuer, authorized, token, lifetime, ctx.now);
             let timing = (lifetime, renew_before);
-            if let Some(due) = output_due(&want, in_place.as_ref(), &old, timing, ctx.now) {
-                let why = match due {
+            let requested = renewal_request(token, &old);
+            let due = output_due(&want, in_place.as_ref(), &old, timing, ctx.now)
+                .map(|due| match due {
                     OutputDue::Outdated(what) => format!("the token's {what} changed"),
                     other => other.message(secret_name),
-                };
+                })
+                .or_else(|| {
+                    requested
+                        .is_some()
+                        .then(|| format!("renewal requested ({ROTATE_ANNOTATION})"))
+                });
+            if let Some(why) = due {
                 let renewed = in_place.is_some() || old.revision.is_some();
                 match issue(world, write_failed, secret_name, &data, want) {
                     Ok((written, claims)) => {
                         let revision = record_issued(&mut status, &claims, ctx.now);
+                        // Any new token answers the request, whatever made it due.
+                        if requested.is_some() {
+                            status.rotation_request = requested;
+                        }
                         out.events.push(issued_event(
                             renewed,
                             revision,
@@ -291,6 +306,18 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
     set_condition(&mut status.conditions, issuing, generation, &now);
     out.status = status;
     out
+}
+
+/// A value of the `s2s.dev/rotate` annotation (as on a ServiceAccount) that the status has
+/// not recorded yet: a new token is due now, and the value is recorded once it is written.
+pub fn renewal_request(token: &AccessToken, old: &AccessTokenStatus) -> Option<String> {
+    token
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ROTATE_ANNOTATION))
+        .filter(|v| old.rotation_request.as_ref() != Some(*v))
+        .cloned()
 }
 
 /// Whether a problem takes the token out of the Secret: every authorization problem, but not

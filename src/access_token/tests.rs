@@ -302,3 +302,58 @@ fn no_signing_key_fails_with_backoff_and_a_lost_secret_is_reissued() {
     assert!(plan.secret.is_some());
     assert_eq!(plan.status.revision, Some(2));
 }
+
+#[test]
+fn a_new_rotate_annotation_renews_now_once_and_is_recorded() {
+    let key = key();
+    let mut t = token();
+    let mut w = world(&key, authorized(&t, &both_grants()));
+    let first = reconcile(&t, &w, &Context { now: t0() });
+    apply(&mut t, &mut w, &first);
+    let jti = first.status.token_id.clone().unwrap();
+
+    let at = t0() + Duration::from_secs(60);
+    t.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "v1".to_owned())].into());
+    let renewed = reconcile(&t, &w, &Context { now: at });
+    let fresh = token_in_secret(&renewed.secret.as_ref().expect("a new token").data).unwrap();
+    assert_ne!(fresh.jti, jti);
+    assert_eq!(renewed.status.revision, Some(2));
+    assert_eq!(renewed.status.token_id.as_deref(), Some(fresh.jti.as_str()));
+    assert_eq!(renewed.status.rotation_request.as_deref(), Some("v1"));
+    assert_eq!(renewed.events[0].reason, "Renewed");
+    assert!(
+        renewed.events[0]
+            .message
+            .contains("renewal requested (s2s.dev/rotate)"),
+        "{:?}",
+        renewed.events
+    );
+    assert_eq!(ready(&renewed), (ConditionStatus::True, "Ready".into()));
+    apply(&mut t, &mut w, &renewed);
+
+    // The value acted on: nothing more until it changes.
+    let again = reconcile(&t, &w, &Context { now: at });
+    assert!(again.secret.is_none() && again.events.is_empty());
+    t.metadata.annotations = None;
+    assert!(reconcile(&t, &w, &Context { now: at }).secret.is_none());
+
+    // A request that cannot be met yet (no signing key) stays pending, the token in place.
+    t.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "v2".to_owned())].into());
+    w.signing_key = Err("no key".into());
+    let failed = reconcile(&t, &w, &Context { now: at });
+    assert!(failed.failed && failed.secret.is_none());
+    assert_eq!(failed.status.rotation_request.as_deref(), Some("v1"));
+    assert_eq!(ready(&failed), (ConditionStatus::True, "Ready".into()));
+    w.signing_key = Ok(&key);
+    let done = reconcile(&t, &w, &Context { now: at });
+    assert_eq!(done.status.rotation_request.as_deref(), Some("v2"));
+    assert_eq!(done.status.revision, Some(3));
+
+    // One present at the first issue is answered by it.
+    let mut n = token();
+    n.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "v0".to_owned())].into());
+    let w = world(&key, authorized(&n, &both_grants()));
+    let first = reconcile(&n, &w, &Context { now: t0() });
+    assert_eq!(first.status.rotation_request.as_deref(), Some("v0"));
+    assert_eq!(first.events[0].reason, "Issued");
+}

@@ -180,4 +180,9 @@ pub struct TokenGrantStatus {
     /// How many output tokens have been issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+    /// The last value of the `s2s.dev/rotate` annotation acted on with a new token (an
+    /// AccessToken's renewal on demand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub rotation_request: Option<String>,
 }

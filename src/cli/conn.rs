@@ -21,7 +21,7 @@ const MAX_BODY: usize = 1024 * 1024;
 /// How long one request to the token server may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The three kinds, as the plugin names them.
+/// The four kinds, as the plugin names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Kind {
     /// `serviceaccounts.s2s.dev`.
@@ -30,11 +30,18 @@ pub enum Kind {
     TrustedIssuer,
     /// `tokengrants.s2s.dev`.
     TokenGrant,
+    /// `accesstokens.s2s.dev`.
+    AccessToken,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Kind::ServiceAccount, Kind::TrustedIssuer, Kind::TokenGrant];
+    pub const ALL: [Kind; 4] = [
+        Kind::ServiceAccount,
+        Kind::TrustedIssuer,
+        Kind::TokenGrant,
+        Kind::AccessToken,
+    ];
 
     /// The kind a user typed: singular, plural, short name or `….s2s.dev`. Not `sa`: kubectl
     /// users mean the core ServiceAccount by it.
@@ -45,6 +52,7 @@ impl Kind {
             "serviceaccount" | "serviceaccounts" | "s2ssa" => Some(Kind::ServiceAccount),
             "trustedissuer" | "trustedissuers" | "tiss" => Some(Kind::TrustedIssuer),
             "tokengrant" | "tokengrants" | "tgrant" => Some(Kind::TokenGrant),
+            "accesstoken" | "accesstokens" | "s2stoken" => Some(Kind::AccessToken),
             _ => None,
         }
     }
@@ -55,6 +63,7 @@ impl Kind {
             Kind::ServiceAccount => "serviceaccounts.s2s.dev",
             Kind::TrustedIssuer => "trustedissuers.s2s.dev",
             Kind::TokenGrant => "tokengrants.s2s.dev",
+            Kind::AccessToken => "accesstokens.s2s.dev",
         }
     }
 
@@ -64,6 +73,7 @@ impl Kind {
             Kind::ServiceAccount => "serviceaccount",
             Kind::TrustedIssuer => "trustedissuer",
             Kind::TokenGrant => "tokengrant",
+            Kind::AccessToken => "accesstoken",
         }
     }
 }
@@ -517,6 +527,19 @@ mod tests {
             parse_ref("tgrant/g", &Kind::ALL).unwrap().0,
             Kind::TokenGrant
         );
+        for s in [
+            "accesstoken/t",
+            "accesstokens/t",
+            "s2stoken/t",
+            "accesstokens.s2s.dev/t",
+            "AccessToken/t",
+        ] {
+            assert_eq!(
+                parse_ref(s, &Kind::ALL).unwrap(),
+                (Kind::AccessToken, "t".into())
+            );
+        }
+        assert_eq!(Kind::AccessToken.resource(), "accesstokens.s2s.dev");
         let e = parse_ref("tokengrant/g", &[Kind::ServiceAccount]).unwrap_err();
         assert!(e.hint.unwrap().contains("serviceaccount/NAME"));
         assert!(parse_ref("billing-worker", &Kind::ALL).is_err());

@@ -5,7 +5,8 @@
 //! proxy, so nobody needs a port-forward, the annotation names or the Secret layout:
 //!
 //! * [`status`]: conditions, Events, credential age and rotation, grants, materialized tokens;
-//! * [`rotate`]: a new secret or key now (the `s2s.dev/rotate` annotation), optionally waiting;
+//! * [`rotate`]: a new secret or key, or an AccessToken's new token, now (the `s2s.dev/rotate`
+//!   annotation), optionally waiting;
 //! * [`token`]: a test token from an account's own credentials Secret;
 //! * [`revoke`]: a TokenGrant (`spec.revoked`) or one token (RFC 7009);
 //! * [`inspect`]: a JWT's header and claims, its signature checked against the JWKS;
@@ -97,7 +98,8 @@ pub enum Command {
     /// What a person checks first: conditions with reasons, recent Events, credential age and
     /// next rotation, grace in progress, grants and materialized tokens.
     Status(status::StatusArgs),
-    /// A new client secret or key now; the old one keeps working for the grace period.
+    /// A new client secret or key now (the old one keeps working for the grace period), or an
+    /// AccessToken's token renewed now.
     Rotate(rotate::RotateArgs),
     /// A test access token from a ServiceAccount's own credentials (prints the token).
     Token(token::TokenArgs),

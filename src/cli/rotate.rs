@@ -6,6 +6,11 @@
 //! credential *and* the Secret holds it: on rotation the controller writes the status first
 //! (token servers must accept the new credential before a workload can read it), the Secret
 //! about a second later.
+//!
+//! `kubectl s2s rotate accesstoken/NAME [--wait]` sets the same annotation on an AccessToken:
+//! the controller renews its token at once and records the value in `status.rotationRequest`.
+//! There the controller writes the Secret first and the status after it, so `--wait` returns
+//! once the status names our value and a token other than the one before.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -17,20 +22,21 @@ use kube::api::{Patch, PatchParams};
 use super::conn::{Kind, api_code, api_error, connect, parse_ref};
 use super::format::{now_unix, unix, when};
 use super::{CliError, Global, Result};
-use crate::api::ServiceAccount;
 use crate::api::service_account::CredentialType;
+use crate::api::{AccessToken, ServiceAccount};
 use crate::service_account::ROTATE_ANNOTATION;
 use crate::service_account::secret::keys;
 
 /// `kubectl s2s rotate`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  kubectl s2s rotate serviceaccount/billing-worker -n billing --wait"
+    after_help = "Examples:\n  kubectl s2s rotate serviceaccount/billing-worker -n billing --wait\n  \
+                  kubectl s2s rotate accesstoken/orders-token -n billing --wait"
 )]
 pub struct RotateArgs {
-    /// `serviceaccount/NAME`.
+    /// `serviceaccount/NAME` (a new credential) or `accesstoken/NAME` (a new token).
     pub target: String,
-    /// Return only once the new credential is in the Secret.
+    /// Return only once the new credential (or token) is in the Secret.
     #[arg(long)]
     pub wait: bool,
     /// How long `--wait` waits (Go duration).
@@ -58,6 +64,15 @@ pub fn rotated(sa: &ServiceAccount, value: &str, before: Option<&str>) -> bool {
             .current_credential
             .as_ref()
             .is_some_and(|c| Some(c.id.as_str()) != before)
+}
+
+/// Whether the status shows the renewal `value` done: the value acted on, and a token other
+/// than `before`.
+pub fn renewed(t: &AccessToken, value: &str, before: Option<&str>) -> bool {
+    let Some(st) = &t.status else { return false };
+    st.rotation_request.as_deref() == Some(value)
+        && st.token_id.is_some()
+        && st.token_id.as_deref() != before
 }
 
 /// The Secret that holds the account's current credential.
@@ -95,7 +110,10 @@ pub fn secret_holds_current(sa: &ServiceAccount, data: &BTreeMap<String, String>
 
 /// Runs `rotate`.
 pub async fn run(g: &Global, a: RotateArgs) -> Result<()> {
-    let (_, name) = parse_ref(&a.target, &[Kind::ServiceAccount])?;
+    let (kind, name) = parse_ref(&a.target, &[Kind::ServiceAccount, Kind::AccessToken])?;
+    if kind == Kind::AccessToken {
+        return renew(g, a, &name).await;
+    }
     let kube = connect(g).await?;
     let ns = kube.namespace.clone();
     let api: Api<ServiceAccount> = Api::namespaced(kube.client.clone(), &ns);
@@ -206,6 +224,69 @@ pub async fn run(g: &Global, a: RotateArgs) -> Result<()> {
     }
 }
 
+/// `rotate accesstoken/NAME`: a new token now.
+async fn renew(g: &Global, a: RotateArgs, name: &str) -> Result<()> {
+    let kube = connect(g).await?;
+    let ns = kube.namespace.clone();
+    let api: Api<AccessToken> = Api::namespaced(kube.client.clone(), &ns);
+    let res = Kind::AccessToken.resource();
+    let t = api
+        .get(name)
+        .await
+        .map_err(|e| api_error(e, "get", res, Some(name), Some(&ns)))?;
+    let before = t.status.as_ref().and_then(|s| s.token_id.clone());
+    let value = k8s_openapi::jiff::Timestamp::now().to_string();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(rotation_patch(&value)),
+    )
+    .await
+    .map_err(|e| api_error(e, "patch", res, Some(name), Some(&ns)))?;
+    println!("accesstoken/{name} renewal requested ({ROTATE_ANNOTATION}={value})");
+    if !a.wait {
+        println!(
+            "the controller writes a new token into Secret {}; the old one stays valid until \
+             it expires (`kubectl s2s status accesstoken/{name} -n {ns}`)",
+            t.spec.secret_name
+        );
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + a.timeout;
+    loop {
+        let t = api
+            .get(name)
+            .await
+            .map_err(|e| api_error(e, "get", res, Some(name), Some(&ns)))?;
+        if renewed(&t, &value, before.as_deref()) {
+            let st = t.status.unwrap_or_default();
+            let now = now_unix(SystemTime::now());
+            println!(
+                "new token {} (revision {}) is in Secret {}, valid until {}",
+                st.token_id.unwrap_or_default(),
+                st.revision.unwrap_or_default(),
+                t.spec.secret_name,
+                st.not_after
+                    .as_ref()
+                    .map(|x| when(unix(x), now))
+                    .unwrap_or_default()
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::new(format!(
+                "accesstoken/{name}: no new token within {:?}",
+                a.timeout
+            ))
+            .hint(format!(
+                "the request stands; is it Ready, and is the controller running? `kubectl s2s \
+                 status accesstoken/{name} -n {ns}` and `kubectl s2s check`"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +297,26 @@ mod tests {
             rotation_patch("x"),
             serde_json::json!({"metadata": {"annotations": {"s2s.dev/rotate": "x"}}})
         );
+    }
+
+    #[test]
+    fn renewed_needs_our_value_and_a_new_token() {
+        let t = |req: &str, id: &str| -> AccessToken {
+            serde_yaml::from_str(&format!(
+                r#"
+apiVersion: s2s.dev/v1alpha1
+kind: AccessToken
+metadata: {{name: t, namespace: n}}
+spec: {{serviceAccountName: a, audiences: [x], secretName: s}}
+status: {{rotationRequest: "{req}", tokenId: "{id}"}}
+"#
+            ))
+            .unwrap()
+        };
+        assert!(renewed(&t("v2", "j2"), "v2", Some("j1")));
+        assert!(renewed(&t("v2", "j2"), "v2", None));
+        assert!(!renewed(&t("v1", "j2"), "v2", Some("j1")));
+        assert!(!renewed(&t("v2", "j1"), "v2", Some("j1")));
     }
 
     #[test]

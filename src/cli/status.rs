@@ -1,8 +1,10 @@
 //! `kubectl s2s status KIND/NAME` (or `-A`): what a person checks first.
 //!
-//! The report is built by pure functions from the object, the TokenGrants naming it and its
-//! Events ([`account_report`], [`grant_report`], [`issuer_report`]), so the wording is
-//! unit-tested; [`run`] only fetches. With `-A` it lists every object of the kinds with its
+//! The report is built by pure functions from the object, the TokenGrants and AccessTokens
+//! naming it and its Events ([`account_report`], [`grant_report`], [`access_token_report`],
+//! [`issuer_report`]), so the wording is unit-tested; a materialized token (a grant's
+//! `output`, an AccessToken) is described by the same pieces ([`token_facts`],
+//! [`token_line`]) since both keep the same status; [`run`] only fetches. With `-A` it lists every object of the kinds with its
 //! Ready condition, one line each.
 
 use std::time::SystemTime;
@@ -17,7 +19,7 @@ use super::format::{now_unix, relative, table, unix, when};
 use super::{CliError, Global, Output, Result, print_structured};
 use crate::api::conditions::{Condition, ConditionStatus};
 use crate::api::service_account::CredentialType;
-use crate::api::{ServiceAccount, TokenGrant, TrustedIssuer};
+use crate::api::{AccessToken, ServiceAccount, TokenGrant, TokenGrantStatus, TrustedIssuer};
 
 /// How many Events a report shows (the newest).
 const EVENTS_SHOWN: usize = 10;
@@ -27,11 +29,12 @@ const EVENTS_SHOWN: usize = 10;
 #[command(
     after_help = "Examples:\n  kubectl s2s status serviceaccount/billing-worker -n billing\n  \
                   kubectl s2s status tokengrant/billing-worker -n orders -o yaml\n  \
+                  kubectl s2s status accesstoken/orders-token -n billing\n  \
                   kubectl s2s status -A\n  kubectl s2s status tokengrants -A"
 )]
 pub struct StatusArgs {
-    /// `KIND/NAME` (serviceaccount, trustedissuer, tokengrant; short names s2ssa, tiss,
-    /// tgrant), or with `-A` just a KIND, or nothing for all three.
+    /// `KIND/NAME` (serviceaccount, trustedissuer, tokengrant, accesstoken; short names
+    /// s2ssa, tiss, tgrant, s2stoken), or with `-A` just a KIND, or nothing for all four.
     pub target: Option<String>,
     /// Every namespace: one line per object.
     #[arg(short = 'A', long)]
@@ -97,6 +100,26 @@ pub struct TokenLine {
     pub renews: Option<String>,
 }
 
+/// An AccessToken kept for the account (in its namespace).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessTokenLine {
+    /// Name (in the account's namespace).
+    pub name: String,
+    /// Audiences.
+    pub audiences: Vec<String>,
+    /// The Secret holding it.
+    pub secret: String,
+    /// Ready status and reason.
+    pub ready: String,
+    /// When it expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// When it is renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renews: Option<String>,
+}
+
 /// An Event as shown.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -134,6 +157,9 @@ pub struct Report {
     /// Tokens materialized for it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenLine>,
+    /// AccessTokens in the account's namespace for it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_tokens: Vec<AccessTokenLine>,
     /// Recent Events, oldest first.
     pub events: Vec<EventLine>,
     /// What needs attention, and what to do.
@@ -251,10 +277,66 @@ fn ready_of(conds: &[Condition]) -> String {
         .unwrap_or_else(|| "Unknown (not reconciled)".into())
 }
 
-/// The report of a ServiceAccount, from it, the grants naming it and its Events.
+/// A materialized token's line: whose it is, its Secret, expiry and renewal.
+pub fn token_line(owner: String, secret: &str, st: &TokenGrantStatus, now: i64) -> TokenLine {
+    TokenLine {
+        grant: owner,
+        secret: secret.to_owned(),
+        expires: st.not_after.as_ref().map(|t| when(unix(t), now)),
+        renews: st.renewal_time.as_ref().map(|t| when(unix(t), now)),
+    }
+}
+
+/// What the status says of a materialized token (a grant's `output`, an AccessToken): when it
+/// was issued, its id, expiry (and time left), renewal and revision.
+pub fn token_facts(st: &TokenGrantStatus, now: i64) -> Vec<Fact> {
+    let mut facts = vec![];
+    if let Some(t) = &st.last_issued {
+        facts.push(fact("Last issued", when(unix(t), now)));
+    }
+    if let Some(id) = &st.token_id {
+        facts.push(fact("Token ID", id));
+    }
+    match &st.not_after {
+        Some(t) if unix(t) <= now => {
+            facts.push(fact("Expires", format!("{}: expired", when(unix(t), now))));
+        }
+        Some(t) => facts.push(fact("Expires", when(unix(t), now))),
+        None => facts.push(fact("Expires", "(no token issued)")),
+    }
+    if let Some(t) = &st.renewal_time {
+        facts.push(fact("Renews", when(unix(t), now)));
+    }
+    if let Some(r) = st.revision {
+        facts.push(fact("Revision", r.to_string()));
+    }
+    facts
+}
+
+/// Whether `t` is for the account `sa_ns/sa_name` (an AccessToken names an account of its
+/// own namespace).
+pub fn access_token_names(t: &AccessToken, sa_ns: &str, sa_name: &str) -> bool {
+    t.namespace().as_deref() == Some(sa_ns) && t.spec.service_account_name == sa_name
+}
+
+fn access_token_line(t: &AccessToken, now: i64) -> AccessTokenLine {
+    let st = t.status.clone().unwrap_or_default();
+    AccessTokenLine {
+        name: t.name_any(),
+        audiences: t.spec.audiences.clone(),
+        secret: t.spec.secret_name.clone(),
+        ready: ready_of(&st.conditions),
+        expires: st.not_after.as_ref().map(|x| when(unix(x), now)),
+        renews: st.renewal_time.as_ref().map(|x| when(unix(x), now)),
+    }
+}
+
+/// The report of a ServiceAccount, from it, the grants and AccessTokens naming it and its
+/// Events.
 pub fn account_report(
     sa: &ServiceAccount,
     grants: &[TokenGrant],
+    access_tokens: &[AccessToken],
     events: &[Event],
     now: i64,
 ) -> Report {
@@ -386,13 +468,14 @@ pub fn account_report(
         .filter_map(|g| {
             let out = g.spec.output.as_ref()?;
             let st = g.status.clone().unwrap_or_default();
-            Some(TokenLine {
-                grant: format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()),
-                secret: out.secret_name.clone(),
-                expires: st.not_after.as_ref().map(|t| when(unix(t), now)),
-                renews: st.renewal_time.as_ref().map(|t| when(unix(t), now)),
-            })
+            let owner = format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any());
+            Some(token_line(owner, &out.secret_name, &st, now))
         })
+        .collect();
+    let access_tokens = access_tokens
+        .iter()
+        .filter(|t| access_token_names(t, &ns, &name))
+        .map(|t| access_token_line(t, now))
         .collect();
     if grant_lines.is_empty() && !sa.spec.disabled && sa.spec.api.is_none() {
         notes.push(format!(
@@ -415,6 +498,7 @@ pub fn account_report(
         conditions: condition_lines(&status.conditions, now),
         grants: grant_lines,
         tokens,
+        access_tokens,
         events: event_lines(events),
         notes: all_notes,
     }
@@ -469,15 +553,13 @@ pub fn grant_report(g: &TokenGrant, events: &[Event], now: i64) -> Report {
             "Output",
             format!("Secret {} (lifetime {})", out.secret_name, out.lifetime),
         ));
-        if let Some(t) = &st.last_issued {
-            summary.push(fact("Last issued", when(unix(t), now)));
-        }
-        tokens.push(TokenLine {
-            grant: format!("{ns}/{}", g.name_any()),
-            secret: out.secret_name.clone(),
-            expires: st.not_after.as_ref().map(|t| when(unix(t), now)),
-            renews: st.renewal_time.as_ref().map(|t| when(unix(t), now)),
-        });
+        summary.extend(token_facts(&st, now));
+        tokens.push(token_line(
+            format!("{ns}/{}", g.name_any()),
+            &out.secret_name,
+            &st,
+            now,
+        ));
     }
     Report {
         kind: "TokenGrant".into(),
@@ -487,6 +569,7 @@ pub fn grant_report(g: &TokenGrant, events: &[Event], now: i64) -> Report {
         conditions: condition_lines(&st.conditions, now),
         grants: vec![],
         tokens,
+        access_tokens: vec![],
         events: event_lines(events),
         notes: readiness_notes(
             Kind::TokenGrant,
@@ -565,6 +648,71 @@ pub fn issuer_report(ti: &TrustedIssuer, events: &[Event], now: i64) -> Report {
         conditions: condition_lines(&st.conditions, now),
         grants: vec![],
         tokens: vec![],
+        access_tokens: vec![],
+        events: event_lines(events),
+        notes,
+    }
+}
+
+/// The report of an AccessToken: what it asks for, its Secret and the token in it.
+pub fn access_token_report(t: &AccessToken, events: &[Event], now: i64) -> Report {
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    let st = t.status.clone().unwrap_or_default();
+    let sp = &t.spec;
+    let mut summary = vec![
+        fact(
+            "Account",
+            format!("serviceaccount {ns}/{}", sp.service_account_name),
+        ),
+        fact("Audiences", sp.audiences.join(" ")),
+        fact(
+            "Scopes",
+            if sp.scopes.is_empty() {
+                "(every scope all the audiences allow)".to_owned()
+            } else {
+                sp.scopes.join(" ")
+            },
+        ),
+    ];
+    let renew = sp
+        .renew_before
+        .map(|d| format!("renewed {d} before expiry"))
+        .unwrap_or_else(|| "renewed a third of it before expiry".into());
+    summary.push(fact(
+        "Secret",
+        format!("{} (lifetime {}, {renew})", sp.secret_name, sp.lifetime),
+    ));
+    summary.extend(token_facts(&st, now));
+    let mut notes = readiness_notes(
+        Kind::AccessToken,
+        t.metadata.generation,
+        st.observed_generation,
+        &st.conditions,
+    );
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+    if ready.is_some_and(|c| c.reason == crate::api::conditions::reasons::NOT_GRANTED) {
+        notes.push(format!(
+            "each audience needs a TokenGrant in its owner's namespace with \
+             subject.serviceAccount {{name: {}, namespace: {ns}}}",
+            sp.service_account_name
+        ));
+    }
+    if let Some(v) = crate::access_token::renewal_request(t, &st) {
+        notes.push(format!(
+            "renewal requested ({}={v}) and not done yet",
+            crate::service_account::ROTATE_ANNOTATION
+        ));
+    }
+    Report {
+        kind: "AccessToken".into(),
+        namespace: ns,
+        name,
+        summary,
+        conditions: condition_lines(&st.conditions, now),
+        grants: vec![],
+        tokens: vec![],
+        access_tokens: vec![],
         events: event_lines(events),
         notes,
     }
@@ -623,6 +771,28 @@ pub fn render(r: &Report, now: i64) -> String {
             }
             out.push_str(&indent(&table(&rows)));
         }
+    }
+    if !r.access_tokens.is_empty() {
+        out.push_str("\nAccessTokens (tokens kept in this namespace):\n");
+        let mut rows = vec![vec![
+            "NAME".into(),
+            "AUDIENCES".into(),
+            "SECRET".into(),
+            "READY".into(),
+            "EXPIRES".into(),
+        ]];
+        for t in &r.access_tokens {
+            rows.push(vec![
+                t.name.clone(),
+                t.audiences.join(" "),
+                t.secret.clone(),
+                t.ready.clone(),
+                t.expires
+                    .clone()
+                    .unwrap_or_else(|| "(not issued yet)".into()),
+            ]);
+        }
+        out.push_str(&indent(&table(&rows)));
     }
     if !r.tokens.is_empty() {
         out.push_str("\nMaterialized tokens:\n");
@@ -742,6 +912,21 @@ pub fn render_lines(lines: &[Line]) -> String {
     table(&rows)
 }
 
+async fn list_raw<K>(kube: &Kube, ns: Option<&str>) -> std::result::Result<Vec<K>, kube::Error>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = match ns {
+        None => Api::all(kube.client.clone()),
+        Some(ns) => Api::namespaced(kube.client.clone(), ns),
+    };
+    api.list(&ListParams::default()).await.map(|l| l.items)
+}
+
 async fn list_all<K>(kube: &Kube, all: bool, kind: Kind) -> Result<Vec<K>>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope>
@@ -750,14 +935,8 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let api: Api<K> = if all {
-        Api::all(kube.client.clone())
-    } else {
-        Api::namespaced(kube.client.clone(), &kube.namespace)
-    };
-    api.list(&ListParams::default())
+    list_raw(kube, (!all).then_some(kube.namespace.as_str()))
         .await
-        .map(|l| l.items)
         .map_err(|e| {
             api_error(
                 e,
@@ -779,6 +958,37 @@ async fn events_of(kube: &Kube, ns: &str, uid: Option<&str>) -> Vec<Event> {
         .unwrap_or_default()
 }
 
+/// The objects of `kind` in `ns` shown beside an account, or none and a note saying why:
+/// what the caller may not list (or a cluster without the CRD) is not an error of the report.
+async fn listed_beside<K>(kube: &Kube, ns: &str, kind: Kind) -> Result<(Vec<K>, Option<String>)>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let what = format!("{}s", K::kind(&Default::default()));
+    let resource = kind.resource();
+    match list_raw(kube, Some(ns)).await {
+        Ok(items) => Ok((items, None)),
+        Err(e) if api_code(&e) == Some(403) => Ok((
+            vec![],
+            Some(format!(
+                "{what} are not shown: you may not list {resource} in {ns}"
+            )),
+        )),
+        Err(e) if api_code(&e) == Some(404) => Ok((
+            vec![],
+            Some(format!(
+                "{what} are not shown: this cluster does not serve {resource} (install this \
+                 version's CRDs; `kubectl s2s check`)"
+            )),
+        )),
+        Err(e) => Err(api_error(e, "list", resource, None, Some(ns))),
+    }
+}
+
 /// Runs `status`.
 pub async fn run(g: &Global, a: StatusArgs) -> Result<()> {
     let kube = connect(g).await?;
@@ -789,7 +999,7 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<()> {
         None => Some(None),
         Some(t) if !t.contains('/') => Some(Some(Kind::parse(t).ok_or_else(|| {
             CliError::new(format!("{t:?} is not one of the s2s kinds"))
-                .hint("serviceaccount, trustedissuer or tokengrant (or KIND/NAME)")
+                .hint("serviceaccount, trustedissuer, tokengrant or accesstoken (or KIND/NAME)")
         })?)),
         Some(_) => None,
     };
@@ -834,6 +1044,30 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<()> {
                         ));
                     }
                 }
+                Kind::AccessToken => {
+                    let ns = (!all).then_some(kube.namespace.as_str());
+                    let tokens = match list_raw::<AccessToken>(&kube, ns).await {
+                        // A cluster with the older CRDs: the other kinds still list.
+                        Err(e) if only.is_none() && api_code(&e) == Some(404) => {
+                            eprintln!(
+                                "note: this cluster does not serve {}; AccessTokens are not \
+                                 listed (`kubectl s2s check`)",
+                                kind.resource()
+                            );
+                            vec![]
+                        }
+                        r => r.map_err(|e| api_error(e, "list", kind.resource(), None, ns))?,
+                    };
+                    for o in tokens {
+                        let c = o.status.clone().unwrap_or_default().conditions;
+                        lines.push(line(
+                            "AccessToken",
+                            o.namespace().unwrap_or_default(),
+                            o.name_any(),
+                            &c,
+                        ));
+                    }
+                }
             }
         }
         return match a.output {
@@ -862,41 +1096,34 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<()> {
             // Grants live in the API owners' namespaces: all of them if we may, else ours.
             let (grants, note) = match list_all::<TokenGrant>(&kube, true, Kind::TokenGrant).await {
                 Ok(g) => (g, None),
-                Err(_) => {
-                    let api: Api<TokenGrant> = Api::namespaced(kube.client.clone(), &ns);
-                    match api.list(&ListParams::default()).await {
-                        Ok(l) => (
-                            l.items,
-                            Some(format!(
-                                "TokenGrants are shown from namespace {ns} only (you may not list \
-                                 them in every namespace)"
-                            )),
-                        ),
-                        Err(e) if api_code(&e) == Some(403) => (
-                            vec![],
-                            Some(format!(
-                                "TokenGrants are not shown: you may not list tokengrants.s2s.dev \
-                                 in {ns}"
-                            )),
-                        ),
-                        Err(e) => {
-                            return Err(api_error(
-                                e,
-                                "list",
-                                "tokengrants.s2s.dev",
-                                None,
-                                Some(&ns),
-                            ));
-                        }
-                    }
-                }
+                Err(_) => match listed_beside::<TokenGrant>(&kube, &ns, Kind::TokenGrant).await? {
+                    (g, Some(n)) => (g, Some(n)),
+                    (g, None) => (
+                        g,
+                        Some(format!(
+                            "TokenGrants are shown from namespace {ns} only (you may not list \
+                             them in every namespace)"
+                        )),
+                    ),
+                },
             };
+            // AccessTokens name an account of their own namespace.
+            let (access_tokens, token_note) =
+                listed_beside::<AccessToken>(&kube, &ns, Kind::AccessToken).await?;
             let events = events_of(&kube, &ns, sa.metadata.uid.as_deref()).await;
-            let mut r = account_report(&sa, &grants, &events, now);
-            if let Some(n) = note {
-                r.notes.push(n);
-            }
+            let mut r = account_report(&sa, &grants, &access_tokens, &events, now);
+            r.notes.extend(note);
+            r.notes.extend(token_note);
             r
+        }
+        Kind::AccessToken => {
+            let api: Api<AccessToken> = Api::namespaced(kube.client.clone(), &ns);
+            let o = api
+                .get(&name)
+                .await
+                .map_err(|e| api_error(e, "get", kind.resource(), Some(&name), Some(&ns)))?;
+            let events = events_of(&kube, &ns, o.metadata.uid.as_deref()).await;
+            access_token_report(&o, &events, now)
         }
         Kind::TokenGrant => {
             let api: Api<TokenGrant> = Api::namespaced(kube.client.clone(), &ns);
@@ -1005,6 +1232,7 @@ status:
             &account(),
             &[grant("orders", "worker", true), other],
             &[],
+            &[],
             NOW,
         );
         let text = render(&r, NOW);
@@ -1029,7 +1257,7 @@ status:
     fn an_unreconciled_or_stale_account_says_what_to_do() {
         let mut sa = account();
         sa.metadata.generation = Some(3);
-        let r = account_report(&sa, &[], &[], NOW);
+        let r = account_report(&sa, &[], &[], &[], NOW);
         assert!(
             r.notes.iter().any(|n| n.contains("has not caught up")),
             "{:?}",
@@ -1037,9 +1265,155 @@ status:
         );
         assert!(r.notes.iter().any(|n| n.contains("no TokenGrant names")));
         sa.status = None;
-        let r = account_report(&sa, &[], &[], NOW);
+        let r = account_report(&sa, &[], &[], &[], NOW);
         assert!(r.notes[0].contains("kubectl s2s check"), "{:?}", r.notes);
         assert!(render(&r, NOW).contains("(none yet)"));
+    }
+
+    fn access_token(ns: &str, account: &str, ready: &str, reason: &str) -> AccessToken {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: s2s.dev/v1alpha1
+kind: AccessToken
+metadata: {{name: orders-token, namespace: {ns}, generation: 1}}
+spec:
+  serviceAccountName: {account}
+  audiences: ["https://orders.example.com", "https://stock.example.com"]
+  scopes: ["orders:read"]
+  secretName: orders-token
+  lifetime: 1h
+status:
+  observedGeneration: 1
+  tokenId: jti-7
+  revision: 3
+  lastIssued: "{issued}"
+  notAfter: "{exp}"
+  renewalTime: "{renew}"
+  conditions:
+  - {{type: Ready, status: "{ready}", reason: {reason}, message: "m-{reason}", lastTransitionTime: "{at}"}}
+"#,
+            issued = t(NOW - 1200),
+            exp = t(NOW + 2400),
+            renew = t(NOW + 1200),
+            at = t(NOW - 60),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_token_facts_are_id_expiry_time_left_renewal_and_revision() {
+        let st = access_token("billing", "worker", "True", "Ready")
+            .status
+            .unwrap();
+        let facts = token_facts(&st, NOW);
+        let get = |l: &str| {
+            facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.clone())
+                .unwrap_or_else(|| panic!("{l} missing: {facts:?}"))
+        };
+        assert_eq!(get("Token ID"), "jti-7");
+        assert_eq!(get("Expires"), format!("{} (in 40m)", t(NOW + 2400)));
+        assert_eq!(get("Renews"), format!("{} (in 20m)", t(NOW + 1200)));
+        assert_eq!(get("Revision"), "3");
+        assert!(get("Last issued").ends_with("(20m ago)"));
+        // Past its expiry it says so; none issued, it says that.
+        assert!(token_facts(&st, NOW + 3000)[2].value.ends_with(": expired"));
+        let none = token_facts(&TokenGrantStatus::default(), NOW);
+        assert_eq!(none, vec![fact("Expires", "(no token issued)")]);
+        // The grant's output is described by the same pieces.
+        let mut g = grant("orders", "worker", true);
+        g.status = Some(st.clone());
+        let r = grant_report(&g, &[], NOW);
+        assert!(r.summary.iter().any(|f| f.label == "Token ID"), "{r:?}");
+        assert_eq!(
+            r.tokens,
+            vec![token_line("orders/worker".into(), "worker-token", &st, NOW)]
+        );
+    }
+
+    #[test]
+    fn an_access_token_report_shows_account_audiences_secret_and_the_token() {
+        let r = access_token_report(
+            &access_token("billing", "worker", "True", "Ready"),
+            &[],
+            NOW,
+        );
+        let text = render(&r, NOW);
+        assert!(
+            text.starts_with("AccessToken billing/orders-token\n"),
+            "{text}"
+        );
+        for want in [
+            "serviceaccount billing/worker",
+            "https://orders.example.com https://stock.example.com",
+            "orders:read",
+            "orders-token (lifetime 1h, renewed a third of it before expiry)",
+            "jti-7",
+            "(in 40m)",
+            "(in 20m)",
+            "Revision",
+            "Ready  True    Ready   1m ago  m-Ready",
+        ] {
+            assert!(text.contains(want), "{want:?} missing: {text}");
+        }
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+
+        // Not granted: the reason, its message, and what grant is missing.
+        let r = access_token_report(
+            &access_token("billing", "worker", "False", "NotGranted"),
+            &[],
+            NOW,
+        );
+        assert!(r.notes[0].contains("not Ready (NotGranted): m-NotGranted"));
+        assert!(
+            r.notes[1].contains("{name: worker, namespace: billing}"),
+            "{:?}",
+            r.notes
+        );
+
+        // A renewal asked for and not done yet.
+        let mut t = access_token("billing", "worker", "True", "Ready");
+        t.metadata.annotations = Some([("s2s.dev/rotate".to_owned(), "v1".to_owned())].into());
+        let r = access_token_report(&t, &[], NOW);
+        assert!(
+            r.notes.iter().any(|n| n.contains("s2s.dev/rotate=v1")),
+            "{:?}",
+            r.notes
+        );
+        t.status.as_mut().unwrap().rotation_request = Some("v1".into());
+        assert!(access_token_report(&t, &[], NOW).notes.is_empty());
+    }
+
+    #[test]
+    fn an_account_report_lists_the_access_tokens_of_its_namespace_naming_it() {
+        let tokens = [
+            access_token("billing", "worker", "True", "Ready"),
+            access_token("billing", "other", "True", "Ready"),
+            access_token("elsewhere", "worker", "True", "Ready"),
+        ];
+        let r = account_report(&account(), &[], &tokens, &[], NOW);
+        assert_eq!(r.access_tokens.len(), 1, "{:?}", r.access_tokens);
+        let text = render(&r, NOW);
+        assert!(
+            text.contains("AccessTokens (tokens kept in this namespace):"),
+            "{text}"
+        );
+        assert!(text.contains("orders-token"), "{text}");
+        assert!(text.contains("True (Ready)"), "{text}");
+        assert!(text.contains("(in 40m)"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["accessTokens"][0]["secret"], "orders-token");
+        // None: no section, and no key in -o json.
+        let r = account_report(&account(), &[], &[], &[], NOW);
+        assert!(!render(&r, NOW).contains("AccessTokens"));
+        assert!(
+            serde_json::to_value(&r)
+                .unwrap()
+                .get("accessTokens")
+                .is_none()
+        );
     }
 
     #[test]
@@ -1079,5 +1453,16 @@ status:
             "{text}"
         );
         assert_eq!(render_lines(&[]), "No s2s.dev objects found.\n");
+        let at = access_token("billing", "worker", "False", "NotGranted");
+        let text = render_lines(&[line(
+            "AccessToken",
+            "billing".into(),
+            at.name_any(),
+            &at.status.unwrap().conditions,
+        )]);
+        assert!(
+            text.contains("AccessToken  billing    orders-token  False  NotGranted  m-NotGranted"),
+            "{text}"
+        );
     }
 }
