@@ -127,6 +127,16 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "affinity": {"podAntiAffinity": {}},
     },
     "pdb-off": {"podDisruptionBudget": {"enabled": False}},
+    # A cluster without a Pod network (the test node of tests/cluster/run).
+    "host-network": {"hostNetwork": True},
+    "host-network+loopback": {
+        "hostNetwork": True,
+        "listenAddress": "127.0.0.1",
+        "extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                     {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}],
+        "tokenServer": {"replicas": 1},
+    },
+    "listen-ipv6": {"listenAddress": "::1", "tokenServer": {"sidecar": True}},
     "text-logs": {"logFormat": "text", **PLAIN},
 }
 
@@ -190,13 +200,15 @@ HARDENED = {
 }
 
 
-def check_hardening(name: str, deploy: dict[str, Any]) -> None:
+def check_hardening(name: str, deploy: dict[str, Any], host_network: bool) -> None:
     pod = deploy["spec"]["template"]["spec"]
     where = f"{name}: Deployment/{deploy['metadata']['name']}"
     psc = pod.get("securityContext", {})
     check(psc.get("runAsNonRoot") is True, f"{where}: pod runAsNonRoot")
     check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: pod seccomp")
-    check(pod.get("hostNetwork") is not True, f"{where}: hostNetwork")
+    # The node's network only when asked for (hostNetwork), then with the matching DNS policy.
+    check(pod.get("hostNetwork", False) is host_network, f"{where}: hostNetwork is {host_network}")
+    check(pod.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None), f"{where}: dnsPolicy")
     for c in pod.get("initContainers", []) + pod["containers"]:
         sc = c.get("securityContext", {})
         for key, want in HARDENED.items():
@@ -238,7 +250,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     if ctrl is None:
         return
     for d in deploys.values():
-        check_hardening(name, d)
+        check_hardening(name, d, values["hostNetwork"])
         # Log shippers get JSON lines from every container unless told otherwise.
         for c in d["spec"]["template"]["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -281,6 +293,18 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
             get = c.get(probe, {}).get("httpGet", {})
             check(get.get("path") == path and get.get("port") == port, f"{name}: {c['name']} {probe}")
     check(controller["ports"][0]["containerPort"] == 8081, f"{name}: controller health port 8081")
+    # Every process listens on listenAddress; the probes ask that address when it is one.
+    addr = values["listenAddress"]
+    listen = (lambda port: f"[{addr}]:{port}") if ":" in addr else (lambda port: f"{addr}:{port}")
+    probe_host = None if addr in ("0.0.0.0", "::") else addr
+    check(arg(controller, "--health-listen") == listen(8081), f"{name}: --health-listen {listen(8081)}")
+    for c in (controller, server):
+        for probe in ("livenessProbe", "readinessProbe"):
+            check(c[probe]["httpGet"].get("host") == probe_host, f"{name}: {c['name']} {probe} host {probe_host}")
+        env = [e["name"] for e in c["env"]]
+        extra = [e["name"] for e in values["extraEnv"]]
+        check(env[len(env) - len(extra):] == extra and len(set(env)) == len(env),
+              f"{name}: {c['name']}: extraEnv last, no name twice")
 
     want_issuer = values["issuer"] or (
         f"{'https' if tls else 'http'}://{RELEASE}-token-server.{NAMESPACE}.svc"
@@ -291,7 +315,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     check(arg(controller, "--signing-algorithm") == values["signingAlgorithm"], f"{name}: algorithm")
     check(arg(controller, "--key-rotation") == values["keyRotation"], f"{name}: key rotation")
     port = 8443 if tls else 8080
-    check(arg(server, "--listen") == f"0.0.0.0:{port}", f"{name}: token server listens on {port}")
+    check(arg(server, "--listen") == listen(port), f"{name}: token server listens on {listen(port)}")
     check(server["ports"][0]["containerPort"] == port, f"{name}: token server containerPort")
     check(
         ("--allow-unclaimed-audiences" in server["args"]) == values["allowUnclaimedAudiences"],
@@ -342,7 +366,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     if webhook:
         wv = values["webhook"]
         check(server_ports.get("webhook") == wv["port"], f"{name}: token server webhook port {wv['port']}")
-        check(arg(server, "--webhook-listen") == f"0.0.0.0:{wv['port']}", f"{name}: --webhook-listen")
+        check(arg(server, "--webhook-listen") == listen(wv["port"]), f"{name}: --webhook-listen")
         check(arg(server, "--webhook-tls-secret") == f"{RELEASE}-webhook-tls", f"{name}: --webhook-tls-secret")
         check(arg(server, "--agent-image") == server["image"], f"{name}: --agent-image is the operator image")
         check(arg(server, "--agent-image-pull-policy") == values["image"]["pullPolicy"],
