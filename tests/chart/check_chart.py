@@ -19,7 +19,8 @@ Once: the chart's crds/ equal the repository's crds/ byte for byte; values.yaml,
 values.schema.json and the README's configuration table list the same keys (and the
 table's defaults are values.yaml's); rbac.yaml and serviceaccounts.yaml stay renderable by
 plain string replacement, as the Rust tests render them; every flag the chart passes is one
-the README documents; refused combinations fail to render.
+the README documents; refused combinations fail to render; the test node's image
+(tests/cluster/run) has the Dockerfile's binary path, user and entrypoint.
 """
 
 from __future__ import annotations
@@ -646,6 +647,27 @@ def check_refusals(chart: Any) -> None:
         check("webhook.enabled needs TLS" in str(e), f"tls.mode none + webhook: unclear message: {e}")
 
 
+def check_test_image() -> None:
+    """The image tests/cluster/run builds for the test node is laid out as the Dockerfile's
+    final stage: the binary at the same path, the same user, the same entrypoint."""
+    docker = (CHART / "image" / "Dockerfile").read_text()
+    final = docker[docker.rindex("\nFROM "):]
+    copy_to = re.findall(r"^COPY --from=build \S+ (\S+)$", final, re.M)
+    user = re.findall(r"^USER (\S+)$", final, re.M)
+    entrypoint = re.findall(r"^ENTRYPOINT \[\"([^\"]+)\"\]$", final, re.M)
+    check(len(copy_to) == 1 and len(user) == 1 and len(entrypoint) == 1,
+          "Dockerfile: one COPY --from=build, USER and exec-form ENTRYPOINT in the final stage")
+    script = (ROOT / "tests" / "cluster" / "run").read_text()
+    got = dict(re.findall(r"^(image_binary|image_user|image_entrypoint)=(\S+)$", script, re.M))
+    want = {"image_binary": copy_to[:1], "image_user": user[:1], "image_entrypoint": entrypoint[:1]}
+    for key, value in want.items():
+        check([got.get(key)] == value,
+              f"tests/cluster/run {key}={got.get(key)} but the Dockerfile has {value}")
+    # The script must really use them (not just define them).
+    check('oci_image "$node_image" "$files" "$image_entrypoint" "$image_user"' in script
+          and '"$files$image_binary"' in script, "tests/cluster/run builds the image from image_*")
+
+
 def main() -> int:
     print(f"helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
           f"Kubernetes {KUBE_VERSION} schemas")
@@ -687,6 +709,7 @@ def main() -> int:
             print(f"{status:6} {name}: {len(objects)} objects ({', '.join(kinds)})")
         check_plain_templates(chart, default_objects)
         check_flags_documented(all_objects)
+        check_test_image()
         print(f"note: {', '.join(sorted(UNVALIDATED_KINDS))} is a CRD kind without a Kubernetes "
               "schema here; checked structurally only")
     if failures:
