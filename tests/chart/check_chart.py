@@ -210,6 +210,10 @@ def check_hardening(name: str, deploy: dict[str, Any], host_network: bool) -> No
     # The node's network only when asked for (hostNetwork), then with the matching DNS policy.
     check(pod.get("hostNetwork", False) is host_network, f"{where}: hostNetwork is {host_network}")
     check(pod.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None), f"{where}: dnsPolicy")
+    # On the node's ports a surge Pod cannot be scheduled beside the old one.
+    want_strategy = ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+                     if host_network else None)
+    check(deploy["spec"].get("strategy") == want_strategy, f"{where}: strategy {want_strategy}")
     for c in pod.get("initContainers", []) + pod["containers"]:
         sc = c.get("securityContext", {})
         for key, want in HARDENED.items():

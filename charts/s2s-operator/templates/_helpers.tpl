@@ -255,6 +255,21 @@ seccompProfile:
     {{- toYaml .Values.tokenServer.resources | nindent 4 }}
 {{- end }}
 
+{{/*
+The Deployments' update strategy. On the node's network the Pods hold the node's ports (the
+scheduler counts them as host ports), so a surge Pod could never be scheduled beside the
+old one and a rollout would stall: replace one Pod at a time instead.
+*/}}
+{{- define "s2s.strategy" -}}
+{{- if .Values.hostNetwork -}}
+strategy:
+  type: RollingUpdate
+  rollingUpdate:
+    maxSurge: 0
+    maxUnavailable: 1
+{{- end -}}
+{{- end }}
+
 {{/* Pod-level settings shared by both Deployments. */}}
 {{- define "s2s.podScheduling" -}}
 {{- if .Values.hostNetwork }}
