@@ -1,5 +1,8 @@
 //! The chart installed with Helm onto a real node: the operator image built from what we
-//! ship runs as Pods, with the chart's hardened security contexts, and passes its probes.
+//! ship runs as Pods, with the chart's hardened security contexts, passes its probes and
+//! issues tokens; `helm upgrade` replaces the Pods and keeps the signing key; a workload Pod
+//! running the agent on its mounted Secret follows a rotation through the kubelet's volume
+//! update; `helm uninstall` at the end, pass or fail.
 //!
 //! Needs what `S2S_CLUSTER_NODE=1 tests/cluster/run test` provides: `S2S_E2E_KUBECONFIG`,
 //! `S2S_E2E_NODE` (the node's name) and `S2S_E2E_IMAGE` (the s2s-operator image, imported
