@@ -227,6 +227,30 @@ async fn e2e_node_helm_install_runs_the_operator_pods() {
 
     // Uninstall and clean up whatever happened; then report.
     let uninstalled = node.helm(&["uninstall", &kubeconfig, &opns, &release, "120"]);
+    let gone = match (&outcome, &uninstalled) {
+        // The release's Pods stop (SIGTERM), and the CRDs stay: Helm never deletes them.
+        (Ok(()), Ok(_)) => Some(
+            tokio::time::timeout(Duration::from_secs(90), async {
+                let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &opns);
+                while pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_or(true, |l| !l.items.is_empty())
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+            .await
+            .is_ok()
+                && cluster
+                    .kubectl_as(
+                        &cluster.kubeconfig,
+                        &["get", "crd", "serviceaccounts.s2s.dev"],
+                    )
+                    .is_ok(),
+        ),
+        _ => None,
+    };
     cluster
         .delete_namespaces(&[ns, opns.clone()], Duration::from_secs(120))
         .await;
@@ -234,6 +258,11 @@ async fn e2e_node_helm_install_runs_the_operator_pods() {
         std::panic::resume_unwind(e.into_panic());
     }
     uninstalled.expect("helm uninstall");
+    assert_eq!(
+        gone,
+        Some(true),
+        "after helm uninstall: Pods gone within 90 s, CRDs kept"
+    );
 }
 
 /// The names of the Pods of the release that are not being deleted, sorted.
