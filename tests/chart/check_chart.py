@@ -19,7 +19,8 @@ Once: the chart's crds/ equal the repository's crds/ byte for byte; values.yaml,
 values.schema.json and the README's configuration table list the same keys (and the
 table's defaults are values.yaml's); rbac.yaml and serviceaccounts.yaml stay renderable by
 plain string replacement, as the Rust tests render them; every flag the chart passes is one
-the README documents; refused combinations fail to render.
+the README documents; refused combinations fail to render; the test node's image
+(tests/cluster/run) has the Dockerfile's binary path, user and entrypoint.
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "affinity": {"podAntiAffinity": {}},
     },
     "pdb-off": {"podDisruptionBudget": {"enabled": False}},
+    # A cluster without a Pod network (the test node of tests/cluster/run).
+    "host-network": {"hostNetwork": True},
+    "host-network+loopback": {
+        "hostNetwork": True,
+        "listenAddress": "127.0.0.1",
+        "extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                     {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"}],
+        "tokenServer": {"replicas": 1},
+    },
+    "listen-ipv6": {"listenAddress": "::1", "tokenServer": {"sidecar": True}},
     "text-logs": {"logFormat": "text", **PLAIN},
 }
 
@@ -190,13 +201,19 @@ HARDENED = {
 }
 
 
-def check_hardening(name: str, deploy: dict[str, Any]) -> None:
+def check_hardening(name: str, deploy: dict[str, Any], host_network: bool) -> None:
     pod = deploy["spec"]["template"]["spec"]
     where = f"{name}: Deployment/{deploy['metadata']['name']}"
     psc = pod.get("securityContext", {})
     check(psc.get("runAsNonRoot") is True, f"{where}: pod runAsNonRoot")
     check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: pod seccomp")
-    check(pod.get("hostNetwork") is not True, f"{where}: hostNetwork")
+    # The node's network only when asked for (hostNetwork), then with the matching DNS policy.
+    check(pod.get("hostNetwork", False) is host_network, f"{where}: hostNetwork is {host_network}")
+    check(pod.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None), f"{where}: dnsPolicy")
+    # On the node's ports a surge Pod cannot be scheduled beside the old one.
+    want_strategy = ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+                     if host_network else None)
+    check(deploy["spec"].get("strategy") == want_strategy, f"{where}: strategy {want_strategy}")
     for c in pod.get("initContainers", []) + pod["containers"]:
         sc = c.get("securityContext", {})
         for key, want in HARDENED.items():
@@ -238,7 +255,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     if ctrl is None:
         return
     for d in deploys.values():
-        check_hardening(name, d)
+        check_hardening(name, d, values["hostNetwork"])
         # Log shippers get JSON lines from every container unless told otherwise.
         for c in d["spec"]["template"]["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -281,6 +298,18 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
             get = c.get(probe, {}).get("httpGet", {})
             check(get.get("path") == path and get.get("port") == port, f"{name}: {c['name']} {probe}")
     check(controller["ports"][0]["containerPort"] == 8081, f"{name}: controller health port 8081")
+    # Every process listens on listenAddress; the probes ask that address when it is one.
+    addr = values["listenAddress"]
+    listen = (lambda port: f"[{addr}]:{port}") if ":" in addr else (lambda port: f"{addr}:{port}")
+    probe_host = None if addr in ("0.0.0.0", "::") else addr
+    check(arg(controller, "--health-listen") == listen(8081), f"{name}: --health-listen {listen(8081)}")
+    for c in (controller, server):
+        for probe in ("livenessProbe", "readinessProbe"):
+            check(c[probe]["httpGet"].get("host") == probe_host, f"{name}: {c['name']} {probe} host {probe_host}")
+        env = [e["name"] for e in c["env"]]
+        extra = [e["name"] for e in values["extraEnv"]]
+        check(env[len(env) - len(extra):] == extra and len(set(env)) == len(env),
+              f"{name}: {c['name']}: extraEnv last, no name twice")
 
     want_issuer = values["issuer"] or (
         f"{'https' if tls else 'http'}://{RELEASE}-token-server.{NAMESPACE}.svc"
@@ -291,7 +320,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     check(arg(controller, "--signing-algorithm") == values["signingAlgorithm"], f"{name}: algorithm")
     check(arg(controller, "--key-rotation") == values["keyRotation"], f"{name}: key rotation")
     port = 8443 if tls else 8080
-    check(arg(server, "--listen") == f"0.0.0.0:{port}", f"{name}: token server listens on {port}")
+    check(arg(server, "--listen") == listen(port), f"{name}: token server listens on {listen(port)}")
     check(server["ports"][0]["containerPort"] == port, f"{name}: token server containerPort")
     check(
         ("--allow-unclaimed-audiences" in server["args"]) == values["allowUnclaimedAudiences"],
@@ -342,7 +371,7 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
     if webhook:
         wv = values["webhook"]
         check(server_ports.get("webhook") == wv["port"], f"{name}: token server webhook port {wv['port']}")
-        check(arg(server, "--webhook-listen") == f"0.0.0.0:{wv['port']}", f"{name}: --webhook-listen")
+        check(arg(server, "--webhook-listen") == listen(wv["port"]), f"{name}: --webhook-listen")
         check(arg(server, "--webhook-tls-secret") == f"{RELEASE}-webhook-tls", f"{name}: --webhook-tls-secret")
         check(arg(server, "--agent-image") == server["image"], f"{name}: --agent-image is the operator image")
         check(arg(server, "--agent-image-pull-policy") == values["image"]["pullPolicy"],
@@ -622,6 +651,27 @@ def check_refusals(chart: Any) -> None:
         check("webhook.enabled needs TLS" in str(e), f"tls.mode none + webhook: unclear message: {e}")
 
 
+def check_test_image() -> None:
+    """The image tests/cluster/run builds for the test node is laid out as the Dockerfile's
+    final stage: the binary at the same path, the same user, the same entrypoint."""
+    docker = (CHART / "image" / "Dockerfile").read_text()
+    final = docker[docker.rindex("\nFROM "):]
+    copy_to = re.findall(r"^COPY --from=build \S+ (\S+)$", final, re.M)
+    user = re.findall(r"^USER (\S+)$", final, re.M)
+    entrypoint = re.findall(r"^ENTRYPOINT \[\"([^\"]+)\"\]$", final, re.M)
+    check(len(copy_to) == 1 and len(user) == 1 and len(entrypoint) == 1,
+          "Dockerfile: one COPY --from=build, USER and exec-form ENTRYPOINT in the final stage")
+    script = (ROOT / "tests" / "cluster" / "run").read_text()
+    got = dict(re.findall(r"^(image_binary|image_user|image_entrypoint)=(\S+)$", script, re.M))
+    want = {"image_binary": copy_to[:1], "image_user": user[:1], "image_entrypoint": entrypoint[:1]}
+    for key, value in want.items():
+        check([got.get(key)] == value,
+              f"tests/cluster/run {key}={got.get(key)} but the Dockerfile has {value}")
+    # The script must really use them (not just define them).
+    check('oci_image "$node_image" "$files" "$image_entrypoint" "$image_user"' in script
+          and '"$files$image_binary"' in script, "tests/cluster/run builds the image from image_*")
+
+
 def main() -> int:
     print(f"helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kubernetes_validate.__version__}, "
           f"Kubernetes {KUBE_VERSION} schemas")
@@ -663,6 +713,7 @@ def main() -> int:
             print(f"{status:6} {name}: {len(objects)} objects ({', '.join(kinds)})")
         check_plain_templates(chart, default_objects)
         check_flags_documented(all_objects)
+        check_test_image()
         print(f"note: {', '.join(sorted(UNVALIDATED_KINDS))} is a CRD kind without a Kubernetes "
               "schema here; checked structurally only")
     if failures:

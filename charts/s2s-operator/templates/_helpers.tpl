@@ -117,6 +117,22 @@ seccompProfile:
   value: {{ .Values.logLevel | quote }}
 - name: S2S_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* host:port to listen on: include "s2s.listen" (list . PORT); IPv6 in brackets. */}}
+{{- define "s2s.listen" -}}
+{{- $addr := (index . 0).Values.listenAddress -}}
+{{- if contains ":" $addr -}}[{{ $addr }}]{{- else -}}{{ $addr }}{{- end -}}:{{ index . 1 }}
+{{- end }}
+
+{{/* The probes' host: empty (the Pod IP) unless the processes listen on one address only. */}}
+{{- define "s2s.probeHost" -}}
+{{- if not (has .Values.listenAddress (list "0.0.0.0" "::")) -}}
+{{ .Values.listenAddress }}
+{{- end -}}
 {{- end }}
 
 {{- define "s2s.controllerContainer" -}}
@@ -131,7 +147,7 @@ seccompProfile:
     - --key-rotation={{ .Values.keyRotation }}
     - --key-publish-ahead={{ .Values.keyPublishAhead }}
     - --concurrency={{ .Values.controller.concurrency }}
-    - --health-listen=0.0.0.0:8081
+    - --health-listen={{ include "s2s.listen" (list . 8081) }}
     {{- if include "s2s.operatorTls" . }}
     - --tls-ca-secret={{ .Release.Name }}-ca
     - --tls-certificate={{ .Release.Name }}-token-server-tls={{ include "s2s.tokenServerTlsNames" . }}
@@ -153,12 +169,18 @@ seccompProfile:
     httpGet:
       path: /healthz
       port: metrics
+      {{- with include "s2s.probeHost" . }}
+      host: {{ . | quote }}
+      {{- end }}
     periodSeconds: 10
     failureThreshold: 3
   readinessProbe:
     httpGet:
       path: /readyz
       port: metrics
+      {{- with include "s2s.probeHost" . }}
+      host: {{ . | quote }}
+      {{- end }}
     periodSeconds: 5
     failureThreshold: 3
   securityContext:
@@ -179,12 +201,12 @@ seccompProfile:
     - token-server
     - --issuer={{ include "s2s.issuer" . }}
     - --max-token-lifetime={{ .Values.maxTokenLifetime }}
-    - --listen=0.0.0.0:{{ $port }}
+    - --listen={{ include "s2s.listen" (list . $port) }}
     {{- if $tls }}
     - --tls-secret={{ .Release.Name }}-token-server-tls
     {{- end }}
     {{- if $webhook }}
-    - --webhook-listen=0.0.0.0:{{ .Values.webhook.port }}
+    - --webhook-listen={{ include "s2s.listen" (list . .Values.webhook.port) }}
     - --webhook-tls-secret={{ .Release.Name }}-webhook-tls
     - --agent-image={{ include "s2s.image" . }}
     - --agent-image-pull-policy={{ .Values.image.pullPolicy }}
@@ -212,6 +234,9 @@ seccompProfile:
       path: /healthz
       port: {{ $portName }}
       scheme: {{ $portName | upper }}
+      {{- with include "s2s.probeHost" . }}
+      host: {{ . | quote }}
+      {{- end }}
     periodSeconds: 10
     failureThreshold: 3
   readinessProbe:
@@ -219,6 +244,9 @@ seccompProfile:
       path: /readyz
       port: {{ $portName }}
       scheme: {{ $portName | upper }}
+      {{- with include "s2s.probeHost" . }}
+      host: {{ . | quote }}
+      {{- end }}
     periodSeconds: 5
     failureThreshold: 3
   securityContext:
@@ -227,8 +255,28 @@ seccompProfile:
     {{- toYaml .Values.tokenServer.resources | nindent 4 }}
 {{- end }}
 
+{{/*
+The Deployments' update strategy. On the node's network the Pods hold the node's ports (the
+scheduler counts them as host ports), so a surge Pod could never be scheduled beside the
+old one and a rollout would stall: replace one Pod at a time instead.
+*/}}
+{{- define "s2s.strategy" -}}
+{{- if .Values.hostNetwork -}}
+strategy:
+  type: RollingUpdate
+  rollingUpdate:
+    maxSurge: 0
+    maxUnavailable: 1
+{{- end -}}
+{{- end }}
+
 {{/* Pod-level settings shared by both Deployments. */}}
 {{- define "s2s.podScheduling" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+# The node's resolver, and cluster DNS names still resolve if the cluster has DNS.
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
