@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,6 +70,8 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "tls-none": PLAIN,
     "webhook-off": {"webhook": {"enabled": False}},
+    "webhook-url": {"webhook": {"url": {"host": "127.0.0.1:9443"}}, "hostNetwork": True,
+                    "listenAddress": "127.0.0.1"},
     "webhook-options": {
         "webhook": {
             "failurePolicy": "Ignore",
@@ -342,7 +345,10 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
         want = [f"{RELEASE}-token-server-tls=" + ",".join(
             [svc_dns, f"{svc_dns}.cluster.local", *values["tls"]["extraNames"]])]
         if webhook:
-            want.append(f"{RELEASE}-webhook-tls={webhook_dns}")
+            # webhook.url.host's host (without the port) is a name of the webhook's certificate.
+            host = values["webhook"]["url"]["host"]
+            names = [webhook_dns] + ([urllib.parse.urlsplit(f"https://{host}").hostname] if host else [])
+            want.append(f"{RELEASE}-webhook-tls=" + ",".join(names))
         check(certificates == want, f"{name}: --tls-certificate {want}, got {certificates}")
         check(arg(controller, "--webhook-configuration") == (f"{RELEASE}-inject" if webhook else None),
               f"{name}: --webhook-configuration iff the webhook is on")
@@ -390,9 +396,13 @@ def check_layout(name: str, values: dict[str, Any], objects: list[dict[str, Any]
             hooks = mwc["webhooks"]
             check(len(hooks) == 1 and hooks[0]["name"] == "inject.s2s.dev", f"{name}: one webhook inject.s2s.dev")
             h = hooks[0]
-            check(h["clientConfig"].get("service") == {"name": f"{RELEASE}-webhook", "namespace": NAMESPACE,
-                                                       "path": "/inject", "port": 443},
-                  f"{name}: webhook clientConfig.service")
+            if wv["url"]["host"]:
+                check(h["clientConfig"].get("url") == f"https://{wv['url']['host']}/inject"
+                      and "service" not in h["clientConfig"], f"{name}: webhook clientConfig.url, no service")
+            else:
+                check(h["clientConfig"].get("service") == {"name": f"{RELEASE}-webhook", "namespace": NAMESPACE,
+                                                           "path": "/inject", "port": 443}
+                      and "url" not in h["clientConfig"], f"{name}: webhook clientConfig.service")
             check(h["clientConfig"].get("caBundle", "") == wv["caBundle"], f"{name}: caBundle is webhook.caBundle")
             check(h["failurePolicy"] == wv["failurePolicy"] and h["timeoutSeconds"] == wv["timeoutSeconds"],
                   f"{name}: failurePolicy, timeoutSeconds")
@@ -636,6 +646,8 @@ def check_refusals(chart: Any) -> None:
         {"tokenServer": {"sidecar": True, "autoscaling": {"enabled": True}}}, name=RELEASE, namespace=NAMESPACE))
     refused({}, "a bad tls.mode", lambda: chart.validate_schema({"tls": {"mode": "cert-manager"}}))
     refused({}, "the old tokenServer.tls", lambda: chart.validate_schema({"tokenServer": {"tls": {"secretName": "x"}}}))
+    refused({}, "a webhook.url.host with a scheme or path",
+            lambda: chart.validate_schema({"webhook": {"url": {"host": "https://hooks.example.com/inject"}}}))
     refused({}, "a bad webhook.failurePolicy", lambda: chart.validate_schema({"webhook": {"failurePolicy": "fail"}}))
     refused({}, "an unknown namespaceSelector key", lambda: chart.validate_schema(
         {"webhook": {"namespaceSelector": {"matchLabel": {"a": "b"}}}}))
@@ -668,8 +680,10 @@ def check_test_image() -> None:
         check([got.get(key)] == value,
               f"tests/cluster/run {key}={got.get(key)} but the Dockerfile has {value}")
     # The script must really use them (not just define them).
-    check('oci_image "$node_image" "$files" "$image_entrypoint" "$image_user"' in script
-          and '"$files$image_binary"' in script, "tests/cluster/run builds the image from image_*")
+    check('binary_image "$node_image" "${CARGO_TARGET_DIR:-$root/target}/debug/s2s-operator" \\\n'
+          '    "$image_binary" "$image_entrypoint"' in script
+          and 'oci_image "$ref" "$files" "$entrypoint" "$image_user"' in script,
+          "tests/cluster/run builds the image from image_*")
 
 
 def main() -> int:

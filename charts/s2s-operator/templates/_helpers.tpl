@@ -152,7 +152,7 @@ seccompProfile:
     - --tls-ca-secret={{ .Release.Name }}-ca
     - --tls-certificate={{ .Release.Name }}-token-server-tls={{ include "s2s.tokenServerTlsNames" . }}
     {{- if include "s2s.webhook" . }}
-    - --tls-certificate={{ .Release.Name }}-webhook-tls={{ .Release.Name }}-webhook.{{ .Release.Namespace }}.svc
+    - --tls-certificate={{ .Release.Name }}-webhook-tls={{ .Release.Name }}-webhook.{{ .Release.Namespace }}.svc{{ with .Values.webhook.url.host }},{{ (urlParse (printf "https://%s" .)).hostname }}{{ end }}
     - --webhook-configuration={{ .Release.Name }}-inject
     {{- end }}
     - --tls-ca-lifetime={{ .Values.tls.caLifetime }}
