@@ -13,20 +13,30 @@
 //! either `client_secret` (sent as `client_secret_basic`) or `private_key.pem` + `key_id`
 //! (a one-minute `private_key_jwt` assertion, RFC 7523 §2.2, signed with `jwt-simple`:
 //! `iss` = `sub` = the client id, `aud` = the token URL, a random `jti`, `kid` = the key id).
-//! The folder is read on every call, so a rotated credential is used at once.
+//! The folder is read on every call, so a rotated credential is used at once. A `ca.crt` in
+//! it (the operator's trust bundle) is what the HTTPS client trusts.
 //!
 //! It prints the token response as JSON. The client secret and the private key are never
 //! printed: `Credentials` has a redacting `Debug`.
 //!
-//! The HTTP client here speaks plain `http://` only (the crate builds `reqwest` without a
-//! TLS stack): enough for `dev` and a token server without `tokenServer.tls`; for HTTPS, give
-//! `reqwest` a TLS feature.
+//! **Without arguments it is the `billing-worker` of `examples/workload-*.yaml`**: a
+//! long-running workload configured by its environment, that asks for a token every
+//! `REQUEST_EVERY` seconds (default 30) for `ORDERS_AUDIENCE` and `ORDERS_SCOPE` (from the
+//! agent, without them: its default audience and scopes), and prints
+//! one line per request (`token ok …` or `token failed: …`, with running counts), from
+//! - `S2S_TOKEN_ENDPOINT` or `TOKEN_ENDPOINT`: the agent on loopback (workload-injected.yaml,
+//!   agent-sidecar.yaml); no credentials in the app at all;
+//! - else `S2S_CREDENTIALS_DIR`: the mounted Secret, read again for every request
+//!   (workload-files.yaml), so a rotation needs no restart;
+//! - else the variables `client_id`, `client_secret`, `token_url` (and `ca.crt`): the Secret
+//!   through `envFrom` (workload-envfrom.yaml), read once at start, as environment variables
+//!   are, so after a rotation it fails once the grace period is over.
 //!
-//! `tests/examples.rs` includes this file as a module and calls [`request_token`].
-
+//! `tests/examples.rs` includes this file as a module and calls [`request_token`];
+//! `tests/e2e_node.rs` runs it in Pods from the workload examples.
 use std::error::Error;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -62,6 +72,8 @@ pub struct Credentials {
     pub client_id: String,
     pub token_url: String,
     pub credential: Credential,
+    /// `ca.crt`: the CAs the token server's certificate chains to (PEM), if given.
+    pub ca: Option<String>,
 }
 
 impl fmt::Debug for Credentials {
@@ -76,6 +88,7 @@ impl fmt::Debug for Credentials {
             .field("client_id", &self.client_id)
             .field("token_url", &self.token_url)
             .field("credential", &method)
+            .field("ca", &self.ca.is_some())
             .finish()
     }
 }
@@ -116,6 +129,22 @@ impl Credentials {
             client_id,
             token_url,
             credential,
+            ca: file("ca.crt")?,
+        })
+    }
+
+    /// The Secret as `envFrom` makes it: one variable per key (a key that is not a valid
+    /// variable name on the cluster, such as `ca.crt` before Kubernetes 1.32, is skipped).
+    pub fn from_env() -> Result<Self, BoxError> {
+        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned());
+        let required = |name: &str| -> Result<String, BoxError> {
+            var(name).ok_or_else(|| format!("no {name} in the environment").into())
+        };
+        Ok(Self {
+            client_id: required("client_id")?,
+            token_url: required("token_url")?,
+            credential: Credential::Secret(required("client_secret")?),
+            ca: var("ca.crt"),
         })
     }
 
@@ -203,12 +232,21 @@ fn random_jti() -> Result<String, BoxError> {
 /// The HTTP client for token requests: no redirects (a token endpoint that redirects is
 /// misconfigured, and following one could send credentials elsewhere), short timeouts.
 pub fn http_client() -> Result<reqwest::Client, BoxError> {
+    http_client_trusting(None)
+}
+
+/// [`http_client`] that trusts the PEM certificates of `ca` for HTTPS (nothing else: the
+/// token server's CA is the operator's own, or the one you gave it).
+pub fn http_client_trusting(ca: Option<&str>) -> Result<reqwest::Client, BoxError> {
     // rustls on aws-lc-rs, the crypto the rest of the project uses (already installed: fine).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()?)
+        .timeout(Duration::from_secs(10));
+    for cert in reqwest::Certificate::from_pem_bundle(ca.unwrap_or_default().as_bytes())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
 }
 
 /// `grant_type=client_credentials` at the folder's `token_url` for `audience` and the
@@ -218,7 +256,7 @@ pub async fn request_token(
     audience: &str,
     scope: Option<&str>,
 ) -> Result<BasicTokenResponse, BoxError> {
-    let http = http_client()?;
+    let http = http_client_trusting(creds.ca.as_deref())?;
     let mut client = BasicClient::new(ClientId::new(creds.client_id.clone()))
         .set_token_uri(TokenUrl::new(creds.token_url.clone())?)
         .set_auth_type(AuthType::BasicAuth);
@@ -251,14 +289,135 @@ pub async fn request_token(
     })
 }
 
+/// Where the long-running workload gets its tokens (see the module documentation).
+enum Source {
+    Agent(String),
+    Files(PathBuf),
+    Env(Credentials),
+}
+
+impl Source {
+    fn from_env() -> Result<Self, BoxError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(url) = var("S2S_TOKEN_ENDPOINT").or_else(|| var("TOKEN_ENDPOINT")) {
+            Ok(Self::Agent(url))
+        } else if let Some(dir) = var("S2S_CREDENTIALS_DIR") {
+            Ok(Self::Files(dir.into()))
+        } else {
+            Ok(Self::Env(Credentials::from_env().map_err(|e| {
+                format!("{e} (set S2S_TOKEN_ENDPOINT, S2S_CREDENTIALS_DIR, or envFrom the Secret)")
+            })?))
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Agent(_) => "agent",
+            Self::Files(_) => "files",
+            Self::Env(_) => "env",
+        }
+    }
+
+    /// One token; its lifetime in seconds. No audience: the agent's default (its
+    /// `--audience`, the `s2s.dev/inject-audience` annotation).
+    async fn token(&self, audience: Option<&str>, scope: Option<&str>) -> Result<u64, BoxError> {
+        let required = || audience.ok_or("ORDERS_AUDIENCE is not set");
+        let expires_in = |r: BasicTokenResponse| {
+            oauth2::TokenResponse::expires_in(&r).map_or(0, |d| d.as_secs())
+        };
+        match self {
+            Self::Files(dir) => {
+                let creds = Credentials::read(dir)?;
+                Ok(expires_in(request_token(&creds, required()?, scope).await?))
+            }
+            Self::Env(creds) => Ok(expires_in(request_token(creds, required()?, scope).await?)),
+            Self::Agent(url) => {
+                let mut query: Vec<(&str, &str)> =
+                    audience.map(|a| ("audience", a)).into_iter().collect();
+                query.extend(scope.map(|s| ("scope", s)));
+                let resp = http_client()?.get(url).query(&query).send().await?;
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or_default();
+                if !status.is_success() {
+                    return Err(format!(
+                        "the agent answered {status}: {} ({})",
+                        body["error"].as_str().unwrap_or("?"),
+                        body["error_description"].as_str().unwrap_or_default()
+                    )
+                    .into());
+                }
+                body["access_token"]
+                    .as_str()
+                    .ok_or("the agent's answer has no access_token")?;
+                Ok(body["expires_in"].as_u64().unwrap_or(0))
+            }
+        }
+    }
+}
+
+/// The `billing-worker` of examples/workload-*.yaml: a token every `REQUEST_EVERY` seconds,
+/// one line each, until SIGTERM (or Ctrl-C).
+async fn workload() -> Result<(), BoxError> {
+    let audience = std::env::var("ORDERS_AUDIENCE")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let scope = std::env::var("ORDERS_SCOPE").ok().filter(|s| !s.is_empty());
+    let every = match std::env::var("REQUEST_EVERY") {
+        Ok(v) => Duration::from_secs_f64(v.parse().map_err(|_| "REQUEST_EVERY: seconds")?),
+        Err(_) => Duration::from_secs(30),
+    };
+    let source = Source::from_env()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (mut ok, mut failed) = (0u64, 0u64);
+    println!(
+        "billing-worker: tokens for {} from the {}, every {} s",
+        audience
+            .as_deref()
+            .unwrap_or("the agent's default audience"),
+        source.name(),
+        every.as_secs_f64()
+    );
+    loop {
+        match source.token(audience.as_deref(), scope.as_deref()).await {
+            Ok(expires_in) => {
+                ok += 1;
+                println!("token ok (expires in {expires_in} s); ok={ok} failed={failed}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("token failed: {e}; ok={ok} failed={failed}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    println!("billing-worker: stopping; ok={ok} failed={failed}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (dir, audience, scope) = match args.as_slice() {
+        [] => {
+            return match workload().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("billing-worker: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         [dir, audience] => (dir, audience, None),
         [dir, audience, scope] => (dir, audience, Some(scope.as_str())),
         _ => {
-            eprintln!("usage: client <credentials-dir> <audience> [scope]");
+            eprintln!(
+                "usage: client <credentials-dir> <audience> [scope]\n       client   \
+                 (the billing-worker workload, configured by its environment)"
+            );
             return ExitCode::from(2);
         }
     };

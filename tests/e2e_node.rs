@@ -12,7 +12,16 @@
 //! The node has no Pod network and no kube-proxy, so the release runs with `hostNetwork`,
 //! listens on 127.0.0.1 only, reaches the API server at its real address (extraEnv) and is
 //! reached by this test at 127.0.0.1 (the token server's certificate names that address).
-//! The webhook is off: the API server calls webhooks through their Service.
+//! The API server calls the injection webhook at `webhook.url.host` 127.0.0.1:9443, not
+//! through its Service.
+//!
+//! Then the workload examples run as shipped (examples/workload-files.yaml,
+//! workload-envfrom.yaml, workload-injected.yaml: kubectl reads them; the image they name is
+//! examples/client.rs, imported as S2S_E2E_WORKLOAD_IMAGE), with the account and grant of
+//! serviceaccount-client-secret.yaml, serviceaccount-api.yaml and tokengrant-plain.yaml, and
+//! only what this node needs changed (`with_node_changes`). A rotation reaches the files and
+//! injected Pods with no failed request; the envFrom Pods fail once the grace period is
+//! over, until restarted.
 
 mod support;
 
@@ -31,11 +40,18 @@ use support::verify_access_token;
 
 /// The token server's port on the node (tls.mode operator: 8443).
 const TOKEN_PORT: u16 = 8443;
+/// The token server's webhook port on the node (webhook.port).
+const WEBHOOK_PORT: u16 = 9443;
+/// Where the injected agent listens in the Pod (the node's loopback here).
+const AGENT_PORT: u16 = 9090;
+/// The namespaces of the example files the workloads need.
+const EXAMPLE_NAMESPACES: [&str; 4] = ["orders", "billing", "tenant-acme", "analytics"];
 
 #[derive(Clone)]
 struct Node {
     cluster: Cluster,
     image: String,
+    workload_image: String,
     python: PathBuf,
 }
 
@@ -46,12 +62,17 @@ impl Node {
         let python = std::env::var_os("S2S_CHART_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join("target/ci-venv/bin/python"));
-        let missing = match (var("S2S_E2E_NODE"), var("S2S_E2E_IMAGE")) {
+        let missing = match (
+            var("S2S_E2E_NODE"),
+            var("S2S_E2E_IMAGE"),
+            var("S2S_E2E_WORKLOAD_IMAGE"),
+        ) {
             _ if !python.exists() => {
                 Some("no Python with Helm (bash .ci/run makes target/ci-venv)")
             }
-            (None, _) | (_, None) => Some(
-                "S2S_E2E_NODE or S2S_E2E_IMAGE is not set (S2S_CLUSTER_NODE=1 tests/cluster/run test)",
+            (None, _, _) | (_, None, _) | (_, _, None) => Some(
+                "S2S_E2E_NODE, S2S_E2E_IMAGE or S2S_E2E_WORKLOAD_IMAGE is not set \
+                 (S2S_CLUSTER_NODE=1 tests/cluster/run test)",
             ),
             _ => None,
         };
@@ -63,6 +84,7 @@ impl Node {
         Some(Node {
             cluster,
             image: var("S2S_E2E_IMAGE").unwrap(),
+            workload_image: var("S2S_E2E_WORKLOAD_IMAGE").unwrap(),
             python,
         })
     }
@@ -89,7 +111,7 @@ impl Node {
                 .unwrap_or_else(|e| e)
         };
         format!(
-            "--- pods\n{}\n--- events\n{}\n--- logs\n{}",
+            "--- pods\n{}\n--- events\n{}\n--- logs\n{}\n--- workload logs\n{}",
             k(&["get", "pods", "-n", ns, "-o", "wide"]),
             k(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]),
             k(&[
@@ -100,6 +122,16 @@ impl Node {
                 "app.kubernetes.io/name=s2s-operator",
                 "--all-containers",
                 "--tail=40",
+                "--prefix"
+            ]),
+            k(&[
+                "logs",
+                "-n",
+                ns,
+                "-l",
+                "app",
+                "--all-containers",
+                "--tail=20",
                 "--prefix"
             ]),
         )
@@ -122,7 +154,9 @@ fn values(image: &str, api_host: &str, api_port: u16) -> Value {
         "issuer": format!("https://127.0.0.1:{TOKEN_PORT}"),
         "tls": {"extraNames": ["127.0.0.1"]},
         "tokenServer": {"replicas": 1},
-        "webhook": {"enabled": false},
+        // The API server cannot reach a Service address here: it calls the token server's
+        // webhook port on loopback (127.0.0.1 joins the webhook certificate's names).
+        "webhook": {"url": {"host": format!("127.0.0.1:{WEBHOOK_PORT}")}},
         "logLevel": "info,s2s_operator=debug",
     })
 }
@@ -221,6 +255,7 @@ async fn e2e_node_helm_install_runs_the_operator_pods() {
             );
 
             agent_follows_rotation(&node, &ns, &creds).await;
+            workloads_as_shipped(&node, &creds).await;
         }
     })
     .await;
@@ -251,8 +286,10 @@ async fn e2e_node_helm_install_runs_the_operator_pods() {
         ),
         _ => None,
     };
+    let mut namespaces = vec![ns, opns.clone()];
+    namespaces.extend(EXAMPLE_NAMESPACES.map(str::to_owned));
     cluster
-        .delete_namespaces(&[ns, opns.clone()], Duration::from_secs(120))
+        .delete_namespaces(&namespaces, Duration::from_secs(120))
         .await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
@@ -589,4 +626,366 @@ async fn agent_follows_rotation(node: &Node, ns: &str, creds: &Credentials) {
 
 fn url_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The three ways of running billing-worker that `examples/` ships, side by side.
+const WORKLOADS: [&str; 3] = ["files", "envfrom", "injected"];
+
+/// `examples/workload-<kind>.yaml` as kubectl reads it, with what this node needs: the host
+/// network (there is no Pod network), a name and `app` label of its own (the three files
+/// are one Deployment, meant to be applied one at a time), one replica for the injected
+/// one (two agents cannot both listen on the node's 127.0.0.1:9090), and a request every
+/// second (REQUEST_EVERY; the workload's default is 30 s). Nothing else is touched.
+fn with_node_changes(node: &Node, kind: &str) -> Value {
+    let file = root().join(format!("examples/workload-{kind}.yaml"));
+    let mut d: Value = serde_json::from_str(&node.cluster.kubectl(&[
+        "create",
+        "--dry-run=client",
+        "-o",
+        "json",
+        "-f",
+        file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let app = format!("billing-worker-{kind}");
+    d["metadata"]["name"] = json!(app);
+    d["spec"]["selector"]["matchLabels"]["app"] = json!(app);
+    let template = &mut d["spec"]["template"];
+    template["metadata"]["labels"]["app"] = json!(app);
+    template["spec"]["hostNetwork"] = json!(true);
+    if kind == "injected" {
+        d["spec"]["replicas"] = json!(1);
+    }
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    assert_eq!(containers.len(), 1, "{kind}: one app container");
+    assert_eq!(
+        containers[0]["image"], node.workload_image,
+        "{kind}: the image tests/cluster/run imports is the one the example names"
+    );
+    let env = containers[0]
+        .as_object_mut()
+        .unwrap()
+        .entry("env")
+        .or_insert_with(|| json!([]));
+    env.as_array_mut()
+        .unwrap()
+        .push(json!({"name": "REQUEST_EVERY", "value": "1"}));
+    d
+}
+
+/// `kubectl apply -f -` of one object.
+fn kubectl_apply(node: &Node, obj: &Value) {
+    use std::io::Write;
+    let mut child = Command::new(support::cluster::kubectl())
+        .arg("--kubeconfig")
+        .arg(&node.cluster.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(obj.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What one Pod of a workload said last: its running counts of good and failed token
+/// requests, and the line.
+#[derive(Debug, Clone)]
+struct Last {
+    pod: String,
+    ok: u64,
+    failed: u64,
+    line: String,
+}
+
+/// The last line of each running Pod of `billing-worker-<kind>`, once every one has made a
+/// request (`kubectl logs`, through the kubelet).
+async fn last_lines(node: &Node, kind: &str) -> Vec<Last> {
+    let pods: Api<Pod> = Api::namespaced(node.cluster.admin.clone(), "billing");
+    let selector = format!("app=billing-worker-{kind}");
+    eventually(
+        Duration::from_secs(60),
+        &format!("a request by every {kind} Pod"),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            let mut out = vec![];
+            for p in list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                let name = p.metadata.name.clone()?;
+                let logs = node
+                    .cluster
+                    .kubectl_as(
+                        &node.cluster.kubeconfig,
+                        &["logs", "-n", "billing", &name, "-c", "app", "--tail=1"],
+                    )
+                    .ok()?;
+                let line = logs.trim().to_owned();
+                let count = |key: &str| -> Option<u64> {
+                    let at = line.rfind(&format!(" {key}="))? + key.len() + 2;
+                    line[at..]
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                out.push(Last {
+                    pod: name,
+                    ok: count("ok")?,
+                    failed: count("failed")?,
+                    line,
+                });
+            }
+            (!out.is_empty()).then_some(out)
+        },
+    )
+    .await
+}
+
+/// The workload examples as shipped, on the node: every Pod gets tokens; a rotation reaches
+/// the files and the injected Pods with zero failed requests during the grace period; the
+/// envFrom Pods keep the old secret and fail once it ends, until a restart.
+async fn workloads_as_shipped(node: &Node, creds: &Credentials) {
+    let cluster = &node.cluster;
+    for ns in EXAMPLE_NAMESPACES {
+        cluster.create_namespace(ns).await;
+    }
+    for f in [
+        "serviceaccount-api.yaml",
+        "serviceaccount-client-secret.yaml",
+        "tokengrant-plain.yaml",
+    ] {
+        cluster.kubectl(&[
+            "apply",
+            "-f",
+            root().join("examples").join(f).to_str().unwrap(),
+        ]);
+    }
+    // A grace period this test can wait out (the example's is 24h).
+    const GRACE: u64 = 45;
+    cluster.kubectl(&[
+        "patch",
+        "s2ssa",
+        "billing-worker",
+        "-n",
+        "billing",
+        "--type=merge",
+        "-p",
+        &json!({"spec": {"authentication": {"clientSecret": {"gracePeriod": format!("{GRACE}s")}}}})
+            .to_string(),
+    ]);
+    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.admin.clone(), "billing");
+    wait_ready(&accounts, "billing-worker", Duration::from_secs(60)).await;
+    let secrets: Api<Secret> = Api::namespaced(cluster.admin.clone(), "billing");
+    let before = strings(&secrets.get("billing-worker-credentials").await.unwrap());
+    assert_eq!(before["token_url"], creds.token_url);
+
+    for kind in WORKLOADS {
+        kubectl_apply(node, &with_node_changes(node, kind));
+    }
+    for kind in WORKLOADS {
+        let rollout = cluster.kubectl_as(
+            &cluster.kubeconfig,
+            &[
+                "rollout",
+                "status",
+                "-n",
+                "billing",
+                &format!("deployment/billing-worker-{kind}"),
+                "--timeout=120s",
+            ],
+        );
+        if let Err(e) = rollout {
+            panic!(
+                "billing-worker-{kind} is not available: {e}\n{}",
+                node.diagnose("billing")
+            );
+        }
+    }
+    // The injected Pod: the API server called the webhook on loopback, and the agent is a
+    // native sidecar.
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), "billing");
+    let injected = pods
+        .list(&ListParams::default().labels("app=billing-worker-injected"))
+        .await
+        .unwrap()
+        .items;
+    let spec = injected[0].spec.as_ref().unwrap();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "s2s-agent")
+        .expect("the agent injected");
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(sidecar.image.as_deref(), Some(node.image.as_str()));
+    for kind in WORKLOADS {
+        for last in last_lines(node, kind).await {
+            assert!(
+                last.ok >= 1 && last.failed == 0,
+                "{kind}: {} got no token: {}\n{}",
+                last.pod,
+                last.line,
+                node.diagnose("billing")
+            );
+        }
+    }
+
+    // Rotate. The old secret works for GRACE seconds, then is refused.
+    let started = std::time::Instant::now();
+    let at_rotation: Vec<Last> = last_lines(node, "files").await;
+    let injected_at_rotation = last_lines(node, "injected").await;
+    let patch = json!({"metadata": {"annotations": {"s2s.dev/rotate": suffix()}}});
+    accounts
+        .patch(
+            "billing-worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "the rotated secret", || async {
+        let data = strings(&secrets.get("billing-worker-credentials").await.ok()?);
+        (data["client_secret"] != before["client_secret"]).then_some(())
+    })
+    .await;
+    let client = https_client(&creds.ca);
+    eventually(
+        Duration::from_secs(GRACE + 60),
+        "the old secret refused",
+        || async {
+            let r = client
+                .post(&creds.token_url)
+                .basic_auth(&before["client_id"], Some(&before["client_secret"]))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("audience", "https://orders.example.com"),
+                ])
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 401).then_some(())
+        },
+    )
+    .await;
+    let refused_after = started.elapsed().as_secs();
+    // A few more requests with only the new secret valid.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Files: no request failed, and they went on after the old secret was refused.
+    let files = last_lines(node, "files").await;
+    for last in &files {
+        let then = at_rotation.iter().find(|l| l.pod == last.pod);
+        assert!(
+            last.failed == 0 && then.is_some_and(|t| last.ok >= t.ok + GRACE / 2),
+            "files: {} failed during the rotation: {} (at the rotation: {then:?})",
+            last.pod,
+            last.line
+        );
+        eprintln!(
+            "files: {}: {} token requests since the rotation, none failed",
+            last.pod,
+            last.ok - then.unwrap().ok
+        );
+    }
+    // Injected: the app's requests never failed, and a token the agent has not cached
+    // (another scope) comes with the rotated secret it read from its volume.
+    for last in last_lines(node, "injected").await {
+        assert_eq!(last.failed, 0, "injected: {}: {}", last.pod, last.line);
+        let then = injected_at_rotation.iter().find(|l| l.pod == last.pod);
+        eprintln!(
+            "injected: {}: {} token requests to the agent since the rotation, none failed",
+            last.pod,
+            last.ok - then.map_or(0, |t| t.ok)
+        );
+    }
+    let http = support::http();
+    let uncached = format!(
+        "http://127.0.0.1:{AGENT_PORT}/v1/token?audience={}&scope=orders:write",
+        url_encode("https://orders.example.com")
+    );
+    let r = http.get(&uncached).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the injected agent's new token: {}",
+        r.text().await.unwrap_or_default()
+    );
+    // envFrom: the variables still hold the old secret, refused now.
+    let envfrom = eventually(
+        Duration::from_secs(30),
+        "the envFrom Pods refused",
+        || async {
+            let lines = last_lines(node, "envfrom").await;
+            lines
+                .iter()
+                .all(|l| l.line.contains("token failed") && l.line.contains("invalid_client"))
+                .then_some(lines)
+        },
+    )
+    .await;
+    eprintln!(
+        "old secret refused {refused_after} s after the rotation (grace {GRACE} s); envFrom: {}",
+        envfrom[0].line
+    );
+    // … until they are restarted, as the README says to do within the grace period.
+    cluster.kubectl(&[
+        "rollout",
+        "restart",
+        "-n",
+        "billing",
+        "deployment/billing-worker-envfrom",
+    ]);
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        "billing",
+        "deployment/billing-worker-envfrom",
+        "--timeout=120s",
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        "the restarted envFrom Pods get tokens",
+        || async {
+            let lines = last_lines(node, "envfrom").await;
+            lines
+                .iter()
+                .all(|l| l.ok >= 1 && l.failed == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let restarts: i32 = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    assert_eq!(restarts, 0, "no container restarted");
 }
