@@ -321,13 +321,19 @@ pub(super) enum CredentialAction {
         reason: RotationReason,
         current: CredentialVerifier,
         material: Material,
+        /// The previous one, still in grace from an earlier rotation: the Secret holds one
+        /// previous credential, so it ends now.
+        displaced: Option<CredentialVerifier>,
     },
     /// Issue the new one again and keep the previous one (see [`rotation_resumable`]).
     ResumeRotation {
         previous: (CredentialVerifier, Material),
     },
-    /// The Secret lost the current credential: a new one, with a warning.
-    Regenerate,
+    /// The Secret lost the current credential: a new one, with a warning; the previous one
+    /// in grace stays.
+    Regenerate {
+        previous: Option<(CredentialVerifier, Material)>,
+    },
 }
 
 /// Selects the builder for one credential.
@@ -346,11 +352,14 @@ pub(super) fn credential_action(
                 reason,
                 current,
                 material,
+                displaced: found.previous.map(|(p, _)| p),
             },
         },
         (Some(_), None) => match found.resumable {
             Some(previous) => CredentialAction::ResumeRotation { previous },
-            None => CredentialAction::Regenerate,
+            None => CredentialAction::Regenerate {
+                previous: found.previous,
+            },
         },
         (None, _) => CredentialAction::Issue,
     }

@@ -209,6 +209,16 @@ pub fn reconcile(
         .collect();
 
     let mut problems: Vec<Problem> = outcomes.iter().filter_map(|o| o.problem.clone()).collect();
+    // A rotation asked for and not done (no new credential could be made) is not recorded as
+    // done: the next pass tries again.
+    let rotation_value = if problems
+        .iter()
+        .any(|p| p.reason == event_reasons::GENERATION_FAILED)
+    {
+        old.rotation_request.clone()
+    } else {
+        rotation.value
+    };
     problems.extend(audience_conflict(sa, observed));
     let credentials = outcomes
         .iter()
@@ -219,7 +229,7 @@ pub fn reconcile(
         &old,
         client_id,
         credentials,
-        rotation.value,
+        rotation_value,
         &problems,
         ctx,
     );
@@ -232,7 +242,12 @@ pub fn reconcile(
     let requeue_after = outcomes
         .iter()
         .flat_map(|o| &o.wake)
-        .map(|at| at.duration_since(ctx.now).unwrap_or(Duration::from_secs(1)))
+        .map(|at| {
+            // Never a zero requeue (a hot loop): what is due now is looked at in a second.
+            at.duration_since(ctx.now)
+                .unwrap_or_default()
+                .max(Duration::from_secs(1))
+        })
         .min();
     Plan {
         status,
@@ -274,9 +289,12 @@ fn reconcile_credential(
         events.push(adopted_event(m));
     }
     let current = rec.current.or(adopted.as_ref());
+    let resumable = rotation_resumable(m, rec.previous, data, ctx.now);
     let previous = match previous_credential(m, rec.previous, data, ctx.now) {
         Previous::None => None,
         Previous::InGrace(p, material) => Some((p, material)),
+        // A resumed rotation keeps it (the Secret holds it as its current credential).
+        Previous::Retired if resumable.is_some() => None,
         Previous::Retired => {
             events.push(retired_event(m));
             None
@@ -288,19 +306,32 @@ fn reconcile_credential(
         current: current.cloned(),
         held: adopted_material.or_else(|| credential_held(m, current, data)),
         previous,
-        resumable: rotation_resumable(m, rec.previous, data, ctx.now),
+        resumable,
     };
-    let fallback = found.current.clone();
+    // When no new credential can be made, what stands keeps working: the current one and
+    // the previous one in its grace period.
+    let fallback: Vec<CredentialVerifier> = found
+        .current
+        .iter()
+        .chain(
+            found
+                .previous
+                .as_ref()
+                .or(found.resumable.as_ref())
+                .map(|(p, _)| p),
+        )
+        .cloned()
+        .collect();
     match build_credential(m, credential_action(found, rotation), ctx, g) {
-        Ok((issued, event)) => {
-            events.extend(event);
+        Ok((issued, built)) => {
+            events.extend(built);
             CredentialOutcome {
                 events,
                 ..credential_outcome(m, client_id, ctx, issued)
             }
         }
         Err(problem) => CredentialOutcome {
-            credentials: fallback.into_iter().collect(),
+            credentials: fallback,
             events,
             problem: Some(problem),
             ..Default::default()
@@ -308,14 +339,14 @@ fn reconcile_credential(
     }
 }
 
-/// Builds what the action selected: the credential as it will stand and the Event saying
+/// Builds what the action selected: the credential as it will stand and the Events saying
 /// what happened. `Err` when a new credential cannot be generated.
 fn build_credential(
     m: &Method<'_>,
     action: CredentialAction,
     ctx: &Context<'_>,
     g: &mut dyn Generator,
-) -> Result<(Issued, Option<Event>), Problem> {
+) -> Result<(Issued, Vec<Event>), Problem> {
     let noun = m.ty.noun();
     let secret_name = m.secret_name;
     let (previous, event) = match action {
@@ -329,32 +360,48 @@ fn build_credential(
                 material,
                 previous,
             };
-            return Ok((issued, None));
+            return Ok((issued, vec![]));
         }
         CredentialAction::Rotate {
             reason,
             current,
             material,
+            displaced,
         } => {
             tracing::debug!(?reason, credential = noun, "rotation due");
-            // Rotation: the old one keeps working through the grace period.
+            // Rotation: the old one keeps working through the grace period. The Secret has
+            // room for one previous credential: one still in grace from an earlier rotation
+            // ends now, and says so.
             let mut prev = current;
             prev.not_after = Some(to_time(ctx.now + m.grace()));
             let until = time_text(prev.not_after.as_ref());
             let message = format!("{noun} rotated; the previous one works until {until}");
-            (Some((prev, material)), normal(reasons::ROTATED, message))
+            let mut events = vec![];
+            if let Some(d) = displaced {
+                let was = time_text(d.not_after.as_ref());
+                events.push(normal(
+                    event_reasons::RETIRED,
+                    format!(
+                        "the {noun} before the previous one is retired early (its grace period \
+                         ran until {was}): rotated again within the grace period"
+                    ),
+                ));
+            }
+            events.push(normal(reasons::ROTATED, message));
+            (Some((prev, material)), events)
         }
         CredentialAction::ResumeRotation { previous } => {
             // The workloads still hold the previous credential: issue the new one again and
             // keep the previous through its grace period.
             let until = time_text(previous.0.not_after.as_ref());
             let message = format!("{noun} rotation resumed; the previous one works until {until}");
-            (Some(previous), normal(reasons::ROTATED, message))
+            (Some(previous), vec![normal(reasons::ROTATED, message)])
         }
-        CredentialAction::Regenerate => (None, regenerated_event(m)),
+        // The previous one in grace (still in the Secret) keeps working.
+        CredentialAction::Regenerate { previous } => (previous, vec![regenerated_event(m)]),
         CredentialAction::Issue => {
             let message = format!("{noun} issued into Secret {secret_name}");
-            (None, normal(reasons::ISSUED, message))
+            (None, vec![normal(reasons::ISSUED, message)])
         }
     };
     let (current, material) = new_credential(m.ty, m.alg, ctx.now, g).map_err(|e| Problem {
@@ -366,7 +413,7 @@ fn build_credential(
         material,
         previous,
     };
-    Ok((issued, Some(event)))
+    Ok((issued, event))
 }
 
 /// The verifiers, Secret and wake-ups of a credential as it will stand.

@@ -420,6 +420,13 @@ fn a_rotation_whose_secret_write_was_lost_resumes_and_keeps_the_previous() {
         !resumed
             .events
             .iter()
+            .any(|e| e.reason == event_reasons::RETIRED),
+        "nothing is retired: the previous secret is kept"
+    );
+    assert!(
+        !resumed
+            .events
+            .iter()
             .any(|e| e.reason == event_reasons::REGENERATED),
         "the previous secret is kept, not dropped"
     );
@@ -441,6 +448,144 @@ fn a_rotation_whose_secret_write_was_lost_resumes_and_keeps_the_previous() {
         &old_secret,
         previous.secret_digest.as_deref().unwrap()
     ));
+}
+
+/// Real material, but no key can be made.
+struct NoKeys;
+
+impl Generator for NoKeys {
+    fn client_id(&mut self) -> String {
+        RandomGenerator.client_id()
+    }
+    fn secret(&mut self) -> String {
+        RandomGenerator.secret()
+    }
+    fn key(&mut self, alg: KeyAlgorithm) -> Result<GeneratedKey, CryptoError> {
+        Err(CryptoError::KeyGeneration(alg))
+    }
+}
+
+fn of_type(status: &ServiceAccountStatus, ty: CredentialType) -> Vec<&CredentialVerifier> {
+    status
+        .credentials
+        .iter()
+        .filter(|c| c.type_ == ty)
+        .collect()
+}
+
+fn rotate(sa: &mut ServiceAccount, value: &str) {
+    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), value.to_owned())].into());
+}
+
+#[test]
+fn a_failed_key_generation_keeps_the_previous_key_in_grace_and_retries_the_rotation() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    rotate(&mut sa, "1");
+    let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    apply(&mut sa, &mut obs, &rotated);
+    let keys = of_type(&rotated.status, CredentialType::PrivateKey).len();
+    assert_eq!(keys, 2, "the new key and the previous one in grace");
+
+    // Another rotation, and no key can be made: both keys still verify, nothing is written
+    // to the key's Secret, and the request stays open.
+    rotate(&mut sa, "2");
+    let failed = reconcile(&sa, &obs, &ctx(t0() + 2 * H), &mut NoKeys);
+    let kept = of_type(&failed.status, CredentialType::PrivateKey);
+    assert_eq!(
+        kept,
+        of_type(&rotated.status, CredentialType::PrivateKey),
+        "the previous key is not dropped early"
+    );
+    assert!(failed.secrets.iter().all(|s| s.name != "worker-key"));
+    assert!(
+        failed
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == event_reasons::GENERATION_FAILED)
+    );
+    assert_eq!(failed.status.rotation_request.as_deref(), Some("1"));
+    apply(&mut sa, &mut obs, &failed);
+    let retried = reconcile(&sa, &obs, &ctx(t0() + 3 * H), &mut g);
+    assert_eq!(retried.status.rotation_request.as_deref(), Some("2"));
+    assert!(retried.events.iter().any(|e| e.reason == reasons::ROTATED));
+}
+
+#[test]
+fn a_secret_that_lost_its_current_credential_keeps_the_previous_one_in_grace() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    let old_secret = first.secrets[0].data["client_secret"].clone();
+    rotate(&mut sa, "1");
+    let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    apply(&mut sa, &mut obs, &rotated);
+    // Someone deletes the current secret from the Secret, leaving the previous one.
+    let data = &mut obs.secrets.get_mut("worker-secret").unwrap().data;
+    data.remove("client_secret");
+    assert_eq!(data["client_secret.previous"], old_secret);
+
+    let plan = reconcile(&sa, &obs, &ctx(t0() + 2 * H), &mut g);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == event_reasons::REGENERATED)
+    );
+    let secret = &plan.secrets[0].data;
+    assert_eq!(
+        secret["client_secret.previous"], old_secret,
+        "still in grace"
+    );
+    let secrets = of_type(&plan.status, CredentialType::ClientSecret);
+    assert_eq!(secrets.len(), 2);
+    assert!(secrets.iter().any(|c| c.not_after.is_some()
+        && crypto::verify_secret(&old_secret, c.secret_digest.as_deref().unwrap())));
+}
+
+#[test]
+fn a_second_rotation_within_the_grace_period_retires_the_first_previous_and_says_so() {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    let oldest = first.secrets[0].data["client_secret"].clone();
+    rotate(&mut sa, "1");
+    let once = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
+    assert!(
+        !once
+            .events
+            .iter()
+            .any(|e| e.reason == event_reasons::RETIRED)
+    );
+    apply(&mut sa, &mut obs, &once);
+    let middle = once.secrets[0].data["client_secret"].clone();
+    rotate(&mut sa, "2");
+    let twice = reconcile(&sa, &obs, &ctx(t0() + 2 * H), &mut g);
+    let retired: Vec<_> = twice
+        .events
+        .iter()
+        .filter(|e| e.reason == event_reasons::RETIRED)
+        .collect();
+    assert_eq!(
+        retired.len(),
+        2,
+        "the client secret's and the key's: {retired:?}"
+    );
+    assert!(retired[0].message.contains("retired early"));
+    assert_eq!(twice.secrets[0].data["client_secret.previous"], middle);
+    let secrets = of_type(&twice.status, CredentialType::ClientSecret);
+    assert_eq!(secrets.len(), 2);
+    assert!(!secrets.iter().any(|c| {
+        c.secret_digest
+            .as_deref()
+            .is_some_and(|d| crypto::verify_secret(&oldest, d))
+    }));
 }
 
 // The named checks, each on a hand-built world.
@@ -735,7 +880,7 @@ fn check_credential_action_selects_the_builder() {
     ));
     assert!(matches!(
         credential_action(found(true, false, false), None),
-        CredentialAction::Regenerate
+        CredentialAction::Regenerate { previous: None }
     ));
     assert!(matches!(
         credential_action(found(false, false, true), None),
