@@ -265,3 +265,44 @@ async fn dev_access_token_is_not_reissued_after_a_restart() {
     let answer = introspect(&dev, "shop", "orders-credentials", &token).await;
     assert_eq!(answer["active"], true, "{answer}");
 }
+
+/// A removed AccessToken takes its Secret and status with it, as the garbage collector does
+/// in a cluster: no token is left on disk. Other objects' Secrets stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_removed_access_token_takes_its_files_and_status() {
+    let manifests = support::manifests_dir(&[
+        ("accounts.yaml", ACCOUNTS),
+        ("grant-orders.yaml", &grant("shop", ORDERS)),
+        ("grant-stock.yaml", &grant("warehouse", STOCK)),
+        ("tokens.yaml", TOKENS),
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    let dev = support::DevServer::start(manifests.path(), state.path(), &[]);
+    dev.wait_for_log("access tokens:");
+    assert!(
+        dev.secret("team", "both-token")
+            .contains_key("access_token")
+    );
+    assert!(status(state.path(), "team", "both").is_some());
+
+    std::fs::remove_file(manifests.path().join("tokens.yaml")).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the token files and status to go",
+        || async {
+            (secret_files(state.path(), "team", "both-token").is_none()
+                && status(state.path(), "team", "both").is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    dev.wait_for_log("secret team/both-token removed");
+    assert!(
+        secret_files(state.path(), "team", "worker-credentials").is_some(),
+        "the account's credentials stay"
+    );
+    assert!(
+        secret_files(state.path(), "s2s-system", "s2s-signing-keys").is_some(),
+        "the signing keys stay"
+    );
+}

@@ -372,6 +372,9 @@ impl Dev {
         let tokens = self.with_uids(state::ACCESS_TOKENS, &world.access_tokens, forget_missing);
         let (access_tokens, tokens_due) =
             self.apply_access_tokens(&tokens, &with_uids, &accounts, &keys, now);
+        if forget_missing {
+            self.collect_garbage(world);
+        }
         let next = earliest(grants_due, tokens_due);
         *self.next_due.lock().expect("not poisoned") = next.map(|d| std::time::Instant::now() + d);
         if let Ok(keys) = keys {
@@ -387,6 +390,46 @@ impl Dev {
             accounts: lines,
             grants,
             access_tokens,
+        }
+    }
+
+    /// What the API server's garbage collector does when an object is deleted: its
+    /// Secrets go (a removed AccessToken or grant output leaves no token on disk, a removed
+    /// account no credentials), and so does its status. Only when every manifest was read:
+    /// a file caught mid-edit must not delete anything.
+    fn collect_garbage(&self, world: &Manifests) {
+        let accounts: Vec<String> = world.accounts.iter().map(store::key_of).collect();
+        let grants: Vec<String> = world.grants.iter().map(store::key_of).collect();
+        let tokens: Vec<String> = world.access_tokens.iter().map(store::key_of).collect();
+        let mut live: std::collections::BTreeSet<String> = accounts.iter().cloned().collect();
+        live.extend(
+            world
+                .grants
+                .iter()
+                .map(|g| Held::of(TokenKind::Grant, g).owner),
+        );
+        live.extend(
+            world
+                .access_tokens
+                .iter()
+                .map(|t| Held::of(TokenKind::AccessToken, t).owner),
+        );
+        match self.state.remove_orphaned_secrets(&live) {
+            Ok(removed) => {
+                for secret in removed {
+                    println!("secret {secret} removed: its owner is no longer in the manifests");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot remove orphaned Secrets"),
+        }
+        for (kind, present) in [
+            (state::SERVICE_ACCOUNTS, &accounts),
+            (state::TOKEN_GRANTS, &grants),
+            (state::ACCESS_TOKENS, &tokens),
+        ] {
+            if let Err(e) = self.state.remove_statuses_except(kind, present) {
+                tracing::warn!(kind, error = %e, "cannot remove old statuses");
+            }
         }
     }
 

@@ -19,8 +19,11 @@ use crate::token::deny::{expired_keys, jti_key};
 /// The operator's own namespace in `dev`, where the signing keys Secret lives.
 pub const OPERATOR_NAMESPACE: &str = "s2s-system";
 
+/// The owner of the signing keys Secret: the operator itself, never an orphan.
+pub const OPERATOR_OWNER: &str = "s2s-operator";
+
 /// The kind folder of ServiceAccounts under `.s2s/status/`.
-const SERVICE_ACCOUNTS: &str = "serviceaccounts";
+pub const SERVICE_ACCOUNTS: &str = "serviceaccounts";
 
 /// The kind folder of TokenGrants under `.s2s/status/` and `.s2s/uids/`.
 pub const TOKEN_GRANTS: &str = "tokengrants";
@@ -104,6 +107,57 @@ impl StateDir {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// Deletes the Secrets whose owner is not in `live` (nor the operator), as the garbage
+    /// collector deletes a cluster's Secrets with their owner. Returns their `namespace/name`.
+    pub fn remove_orphaned_secrets(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+    ) -> io::Result<Vec<String>> {
+        let mut owners = self.owners();
+        let orphans: Vec<String> = owners
+            .iter()
+            .filter(|(_, owner)| owner.as_str() != OPERATOR_OWNER && !live.contains(*owner))
+            .map(|(secret, _)| secret.clone())
+            .collect();
+        for secret in &orphans {
+            let (namespace, name) = secret.split_once('/').unwrap_or_default();
+            match std::fs::remove_dir_all(self.secret_dir(namespace, name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            owners.remove(secret);
+        }
+        if !orphans.is_empty() {
+            write_private(
+                &self.root.join(".s2s/owners.json"),
+                &serde_json::to_vec_pretty(&owners).expect("JSON"),
+            )?;
+        }
+        Ok(orphans)
+    }
+
+    /// Deletes the saved statuses of objects of `kind` (its plural) not in `present`
+    /// (`namespace/name`): an object that comes back starts afresh, as one created again.
+    pub fn remove_statuses_except(&self, kind: &str, present: &[String]) -> io::Result<()> {
+        let dir = self.root.join(".s2s/status").join(kind);
+        let Ok(namespaces) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for ns in namespaces.flatten() {
+            let namespace = ns.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(ns.path())?.flatten() {
+                let file = f.file_name().to_string_lossy().into_owned();
+                let Some(name) = file.strip_suffix(".json") else {
+                    continue;
+                };
+                if !present.contains(&format!("{namespace}/{name}")) {
+                    std::fs::remove_file(f.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `namespace/name` of the object that controls a Secret.
@@ -306,7 +360,7 @@ pub fn load_signing_keys(state: &StateDir, policy: &Policy, now: u64) -> Result<
             .write_secret(
                 OPERATOR_NAMESPACE,
                 name,
-                "s2s-operator",
+                OPERATOR_OWNER,
                 &signing_keys::to_data(&records),
             )
             .map_err(|e| e.to_string())?;
@@ -365,5 +419,39 @@ mod tests {
         let keys: Vec<_> = state.read_revocations().into_keys().collect();
         assert_eq!(keys, vec!["j.third".to_owned()]);
         assert!(state.revoke_jti("not/ours", 500, 400).is_err());
+    }
+
+    #[test]
+    fn orphaned_secrets_and_statuses_go_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let data: BTreeMap<String, String> = [("k".to_owned(), "v".to_owned())].into();
+        state
+            .write_secret("team", "kept", "team/worker", &data)
+            .unwrap();
+        state
+            .write_secret("team", "gone", "accesstoken:team/t", &data)
+            .unwrap();
+        state
+            .write_secret(OPERATOR_NAMESPACE, "keys", OPERATOR_OWNER, &data)
+            .unwrap();
+        let live = ["team/worker".to_owned()].into();
+        assert_eq!(state.remove_orphaned_secrets(&live).unwrap(), ["team/gone"]);
+        assert!(state.read_secret("team", "gone").is_none());
+        assert_eq!(state.owner_of("team", "gone"), None);
+        assert_eq!(state.read_secret("team", "kept"), Some(data.clone()));
+        assert_eq!(state.read_secret(OPERATOR_NAMESPACE, "keys"), Some(data));
+        assert!(state.remove_orphaned_secrets(&live).unwrap().is_empty());
+
+        let status = ServiceAccountStatus::default();
+        state.write_status("team", "worker", &status).unwrap();
+        state.write_status("team", "old", &status).unwrap();
+        state
+            .remove_statuses_except(SERVICE_ACCOUNTS, &["team/worker".to_owned()])
+            .unwrap();
+        assert!(state.read_status("team", "worker").is_some());
+        assert!(state.read_status("team", "old").is_none());
+        // No status folder of a kind yet: nothing to do.
+        state.remove_statuses_except(TOKEN_GRANTS, &[]).unwrap();
     }
 }
