@@ -12,11 +12,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::core::{Core, Mint, TokenResponse};
+use super::audience::Audience;
+use super::core::{Core, Mint, TokenResponse, authorize};
 use super::error::{ErrorCode, OAuthError};
 use super::registry::{self, Client, Grant, Registry};
 use super::request::{ClientAuth, Params};
-use super::scopes;
 
 /// Largest page of `GET /v1/tenants`.
 pub const MAX_PAGE: usize = 100;
@@ -82,30 +82,34 @@ impl Core {
                 "audience {audience} is not among the account's audiences"
             )));
         }
-        let granted: Vec<String> = grants
-            .iter()
-            .flat_map(|g| g.scopes.iter().cloned())
-            .collect();
-        let defined = registry
-            .api(&audience)
-            .map(|a| a.scopes.as_slice())
-            .unwrap_or_default();
-        let scope =
-            scopes::resolve(&params.scopes(), &client.scopes, &granted, defined).map_err(|s| {
-                OAuthError::new(
-                    ErrorCode::InvalidScope,
-                    format!("scope {s} is not granted by tenant {tenant}"),
-                )
-            })?;
+        // The scopes as for any one-audience token, from this tenant's grants only.
+        let audience = Audience::one(audience);
+        let authorized = authorize(
+            registry,
+            &audience,
+            &client.scopes,
+            &params.scopes(),
+            |_| grants.clone(),
+        )
+        .map_err(|e| match e {
+            Ok(mut refused) => {
+                refused.description = format!("{} by tenant {tenant}", refused.description);
+                refused
+            }
+            // Not reached: the tenant's grants are there (checked above).
+            Err(aud) => OAuthError::invalid_target(format!(
+                "tenant {tenant} has not granted this client access to {aud}"
+            )),
+        })?;
         self.mint(Mint {
             sub: client.client_id.clone(),
             client_id: client.client_id.clone(),
             lifetime: client.token_lifetime,
-            audience: audience.into(),
-            scope,
+            audience,
+            scope: authorized.scope,
             tenant: Some(tenant.to_owned()),
             act: None,
-            grants: registry::grant_refs(grants.iter().copied()),
+            grants: registry::grant_refs(authorized.grants),
         })
     }
 
