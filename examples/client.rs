@@ -24,8 +24,10 @@
 //! `REQUEST_EVERY` seconds (default 30) for `ORDERS_AUDIENCE` and `ORDERS_SCOPE` (from the
 //! agent, without them: its default audience and scopes), and prints
 //! one line per request (`token ok …` or `token failed: …`, with running counts), from
-//! - `S2S_TOKEN_ENDPOINT` or `TOKEN_ENDPOINT`: the agent on loopback (workload-injected.yaml,
-//!   agent-sidecar.yaml); no credentials in the app at all;
+//! - `ORDERS_TOKEN_FILE`: a token file the agent keeps fresh (agent-sidecar.yaml), read for
+//!   each request;
+//! - else `S2S_TOKEN_ENDPOINT` or `TOKEN_ENDPOINT`: the agent on loopback
+//!   (workload-injected.yaml); no credentials in the app at all;
 //! - else `S2S_CREDENTIALS_DIR`: the mounted Secret, read again for every request
 //!   (workload-files.yaml), so a rotation needs no restart;
 //! - else the variables `client_id`, `client_secret`, `token_url` (and `ca.crt`): the Secret
@@ -291,6 +293,7 @@ pub async fn request_token(
 
 /// Where the long-running workload gets its tokens (see the module documentation).
 enum Source {
+    TokenFile(PathBuf),
     Agent(String),
     Files(PathBuf),
     Env(Credentials),
@@ -299,7 +302,9 @@ enum Source {
 impl Source {
     fn from_env() -> Result<Self, BoxError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(url) = var("S2S_TOKEN_ENDPOINT").or_else(|| var("TOKEN_ENDPOINT")) {
+        if let Some(file) = var("ORDERS_TOKEN_FILE") {
+            Ok(Self::TokenFile(file.into()))
+        } else if let Some(url) = var("S2S_TOKEN_ENDPOINT").or_else(|| var("TOKEN_ENDPOINT")) {
             Ok(Self::Agent(url))
         } else if let Some(dir) = var("S2S_CREDENTIALS_DIR") {
             Ok(Self::Files(dir.into()))
@@ -312,23 +317,40 @@ impl Source {
 
     fn name(&self) -> &'static str {
         match self {
+            Self::TokenFile(_) => "agent's token file",
             Self::Agent(_) => "agent",
             Self::Files(_) => "files",
             Self::Env(_) => "env",
         }
     }
 
-    /// One token; its lifetime in seconds. No audience: the agent's default (its
-    /// `--audience`, the `s2s.dev/inject-audience` annotation).
-    async fn token(&self, audience: Option<&str>, scope: Option<&str>) -> Result<u64, BoxError> {
+    /// One token, described by its lifetime (from a token file: the file's age). No
+    /// audience: the agent's default (its `--audience`, the `s2s.dev/inject-audience`
+    /// annotation).
+    async fn token(&self, audience: Option<&str>, scope: Option<&str>) -> Result<String, BoxError> {
         let required = || audience.ok_or("ORDERS_AUDIENCE is not set");
         let expires_in = |r: BasicTokenResponse| {
-            oauth2::TokenResponse::expires_in(&r).map_or(0, |d| d.as_secs())
+            let secs = oauth2::TokenResponse::expires_in(&r).map_or(0, |d| d.as_secs());
+            format!("expires in {secs} s")
         };
         match self {
             Self::Files(dir) => {
                 let creds = Credentials::read(dir)?;
                 Ok(expires_in(request_token(&creds, required()?, scope).await?))
+            }
+            Self::TokenFile(path) => {
+                // The agent replaces the file atomically before the token expires; its age
+                // says how fresh it is (the token itself is opaque to the caller).
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if token.trim().is_empty() {
+                    return Err(format!("{} is empty", path.display()).into());
+                }
+                let age = std::fs::metadata(path)?
+                    .modified()?
+                    .elapsed()
+                    .unwrap_or_default();
+                Ok(format!("written {} s ago", age.as_secs()))
             }
             Self::Env(creds) => Ok(expires_in(request_token(creds, required()?, scope).await?)),
             Self::Agent(url) => {
@@ -349,7 +371,10 @@ impl Source {
                 body["access_token"]
                     .as_str()
                     .ok_or("the agent's answer has no access_token")?;
-                Ok(body["expires_in"].as_u64().unwrap_or(0))
+                Ok(format!(
+                    "expires in {} s",
+                    body["expires_in"].as_u64().unwrap_or(0)
+                ))
             }
         }
     }
@@ -379,9 +404,9 @@ async fn workload() -> Result<(), BoxError> {
     );
     loop {
         match source.token(audience.as_deref(), scope.as_deref()).await {
-            Ok(expires_in) => {
+            Ok(about) => {
                 ok += 1;
-                println!("token ok (expires in {expires_in} s); ok={ok} failed={failed}");
+                println!("token ok ({about}); ok={ok} failed={failed}");
             }
             Err(e) => {
                 failed += 1;

@@ -16,8 +16,9 @@
 //! through its Service.
 //!
 //! Then the workload examples run as shipped (examples/workload-files.yaml,
-//! workload-envfrom.yaml, workload-injected.yaml: kubectl reads them; the image they name is
-//! examples/client.rs, imported as S2S_E2E_WORKLOAD_IMAGE), with the account and grant of
+//! workload-envfrom.yaml, workload-injected.yaml, then agent-sidecar.yaml: kubectl reads them;
+//! the image they name is examples/client.rs, imported as S2S_E2E_WORKLOAD_IMAGE, and the
+//! operator image is tagged with the released name too), with the account and grant of
 //! serviceaccount-client-secret.yaml, serviceaccount-api.yaml and tokengrant-plain.yaml, and
 //! only what this node needs changed (`with_node_changes`). A rotation reaches the files and
 //! injected Pods with no failed request; the envFrom Pods fail once the grace period is
@@ -637,7 +638,12 @@ const WORKLOADS: [&str; 3] = ["files", "envfrom", "injected"];
 /// one (two agents cannot both listen on the node's 127.0.0.1:9090), and a request every
 /// second (REQUEST_EVERY; the workload's default is 30 s). Nothing else is touched.
 fn with_node_changes(node: &Node, kind: &str) -> Value {
-    let file = root().join(format!("examples/workload-{kind}.yaml"));
+    with_node_changes_of(node, &format!("workload-{kind}.yaml"), kind)
+}
+
+/// [`with_node_changes`] of `examples/<file>`, named `billing-worker-<kind>`.
+fn with_node_changes_of(node: &Node, file: &str, kind: &str) -> Value {
+    let file = root().join("examples").join(file);
     let mut d: Value = serde_json::from_str(&node.cluster.kubectl(&[
         "create",
         "--dry-run=client",
@@ -653,18 +659,21 @@ fn with_node_changes(node: &Node, kind: &str) -> Value {
     let template = &mut d["spec"]["template"];
     template["metadata"]["labels"]["app"] = json!(app);
     template["spec"]["hostNetwork"] = json!(true);
-    if kind == "injected" {
+    if kind == "injected" || kind == "sidecar" {
         d["spec"]["replicas"] = json!(1);
     }
     let containers = d["spec"]["template"]["spec"]["containers"]
         .as_array_mut()
         .unwrap();
-    assert_eq!(containers.len(), 1, "{kind}: one app container");
+    let app = containers
+        .iter_mut()
+        .find(|c| c["name"] == "app")
+        .unwrap_or_else(|| panic!("{kind}: an app container"));
     assert_eq!(
-        containers[0]["image"], node.workload_image,
+        app["image"], node.workload_image,
         "{kind}: the image tests/cluster/run imports is the one the example names"
     );
-    let env = containers[0]
+    let env = app
         .as_object_mut()
         .unwrap()
         .entry("env")
@@ -974,6 +983,60 @@ async fn workloads_as_shipped(node: &Node, creds: &Credentials) {
         },
     )
     .await;
+    // examples/agent-sidecar.yaml, once the injected Pod is gone (both agents listen on the
+    // node's 127.0.0.1:9090): the app reads the token file its agent keeps fresh.
+    cluster.kubectl(&[
+        "delete",
+        "-n",
+        "billing",
+        "deployment/billing-worker-injected",
+        "--cascade=foreground",
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    eventually(Duration::from_secs(60), "the injected Pod gone", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=billing-worker-injected"))
+            .await
+            .ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    kubectl_apply(
+        node,
+        &with_node_changes_of(node, "agent-sidecar.yaml", "sidecar"),
+    );
+    if let Err(e) = cluster.kubectl_as(
+        &cluster.kubeconfig,
+        &[
+            "rollout",
+            "status",
+            "-n",
+            "billing",
+            "deployment/billing-worker-sidecar",
+            "--timeout=120s",
+        ],
+    ) {
+        panic!(
+            "billing-worker-sidecar is not available: {e}\n{}",
+            node.diagnose("billing")
+        );
+    }
+    // The two containers start together: the app may look before the agent's first write.
+    let sidecar = eventually(
+        Duration::from_secs(60),
+        "the sidecar Pod's app reading its token file",
+        || async {
+            let lines = last_lines(node, "sidecar").await;
+            lines
+                .iter()
+                .all(|l| l.line.starts_with("token ok (written"))
+                .then_some(lines)
+        },
+    )
+    .await;
+    eprintln!("agent-sidecar: {}", sidecar[0].line);
+
     let restarts: i32 = pods
         .list(&ListParams::default())
         .await

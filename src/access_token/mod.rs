@@ -44,6 +44,8 @@ pub struct Authorized {
     pub client_id: String,
     /// Scopes, tenant and grants, as the token endpoint decides them.
     pub authorization: Authorization,
+    /// The token's `aud`.
+    pub audience: Audience,
 }
 
 /// What was observed around an AccessToken.
@@ -153,6 +155,7 @@ pub fn authorization(
     Ok(Authorized {
         client_id: client.client_id.clone(),
         authorization,
+        audience,
     })
 }
 
@@ -226,7 +229,7 @@ fn plan(token: &AccessToken, world: &World<'_>, ctx: &Context, write_failed: Opt
             in_place = None;
         }
         (None, Ok(authorized)) => {
-            let want = desired_claims(world.issuer, authorized, token, lifetime, ctx.now);
+            let want = desired_claims(world.issuer, authorized, lifetime, ctx.now);
             let timing = (lifetime, renew_before);
             let requested = renewal_request(token, &old);
             let due = output_due(&want, in_place.as_ref(), &old, timing, ctx.now)
@@ -433,7 +436,6 @@ fn conditions(
 fn desired_claims(
     issuer: &str,
     authorized: &Authorized,
-    token: &AccessToken,
     lifetime: Duration,
     now: SystemTime,
 ) -> AccessClaims {
@@ -442,8 +444,7 @@ fn desired_claims(
     AccessClaims {
         iss: issuer.trim_end_matches('/').to_owned(),
         sub: authorized.client_id.clone(),
-        aud: Audience::many(token.spec.audiences.iter().map(String::as_str))
-            .unwrap_or_else(|| Audience::one("")),
+        aud: authorized.audience.clone(),
         exp: now_s + lifetime.as_secs(),
         iat: now_s,
         nbf: now_s,
