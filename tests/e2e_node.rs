@@ -385,6 +385,7 @@ async fn check_pods(node: &Node, opns: &str, release: &str) -> Vec<String> {
 }
 
 /// What a workload needs for a token: its Secret's credentials, and the CA to trust.
+#[derive(Clone)]
 struct Credentials {
     token_url: String,
     client_id: String,
@@ -567,39 +568,14 @@ async fn agent_follows_rotation(node: &Node, ns: &str, creds: &Credentials) {
         .expect("a token from the agent");
 
     // Rotate; the old secret works for the grace period (15 s), then is refused.
-    let accounts: Api<ServiceAccount> = Api::namespaced(node.cluster.admin.clone(), ns);
-    let patch = json!({"metadata": {"annotations": {"s2s.dev/rotate": suffix()}}});
-    accounts
-        .patch(
-            "worker",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(node.cluster.admin.clone(), ns);
-    eventually(Duration::from_secs(60), "the rotated secret", || async {
-        let data = strings(&secrets.get("worker-credentials").await.ok()?);
-        (data["client_secret"] != creds.client_secret).then_some(())
-    })
-    .await;
-    let client = https_client(&creds.ca);
-    eventually(
+    rotate_until_refused(
+        node,
+        ns,
+        "worker",
+        "worker-credentials",
+        creds,
+        (&creds.client_id, &creds.client_secret),
         Duration::from_secs(60),
-        "the old secret refused",
-        || async {
-            let r = client
-                .post(&creds.token_url)
-                .basic_auth(&creds.client_id, Some(&creds.client_secret))
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("audience", creds.audience.as_str()),
-                ])
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 401).then_some(())
-        },
     )
     .await;
     // A token the agent has not cached (no scope asked): it must use the secret the kubelet
@@ -623,6 +599,51 @@ async fn agent_follows_rotation(node: &Node, ns: &str, creds: &Credentials) {
         .map(|c| c.restart_count)
         .sum();
     assert_eq!(restarts, 0, "no restart needed for the rotation");
+}
+
+/// Rotates the account's client secret (`s2s.dev/rotate`), waits for the new one in its
+/// Secret, then for the token server to refuse the `old` (client id, secret) pair at `creds`'
+/// token URL, for `creds.audience`: the grace period is over.
+async fn rotate_until_refused(
+    node: &Node,
+    ns: &str,
+    account: &str,
+    secret: &str,
+    creds: &Credentials,
+    old: (&str, &str),
+    within: Duration,
+) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(node.cluster.admin.clone(), ns);
+    let patch = json!({"metadata": {"annotations": {"s2s.dev/rotate": suffix()}}});
+    accounts
+        .patch(
+            account,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(node.cluster.admin.clone(), ns);
+    eventually(Duration::from_secs(60), "the rotated secret", || async {
+        let data = strings(&secrets.get(secret).await.ok()?);
+        (data["client_secret"] != old.1).then_some(())
+    })
+    .await;
+    let client = https_client(&creds.ca);
+    eventually(within, "the old secret refused", || async {
+        let r = client
+            .post(&creds.token_url)
+            .basic_auth(old.0, Some(old.1))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", creds.audience.as_str()),
+            ])
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 401).then_some(())
+    })
+    .await;
 }
 
 fn url_encode(s: &str) -> String {
@@ -862,37 +883,17 @@ async fn workloads_as_shipped(node: &Node, creds: &Credentials) {
     let started = std::time::Instant::now();
     let at_rotation: Vec<Last> = last_lines(node, "files").await;
     let injected_at_rotation = last_lines(node, "injected").await;
-    let patch = json!({"metadata": {"annotations": {"s2s.dev/rotate": suffix()}}});
-    accounts
-        .patch(
-            "billing-worker",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(60), "the rotated secret", || async {
-        let data = strings(&secrets.get("billing-worker-credentials").await.ok()?);
-        (data["client_secret"] != before["client_secret"]).then_some(())
-    })
-    .await;
-    let client = https_client(&creds.ca);
-    eventually(
-        Duration::from_secs(GRACE + 60),
-        "the old secret refused",
-        || async {
-            let r = client
-                .post(&creds.token_url)
-                .basic_auth(&before["client_id"], Some(&before["client_secret"]))
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("audience", "https://orders.example.com"),
-                ])
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 401).then_some(())
+    rotate_until_refused(
+        node,
+        "billing",
+        "billing-worker",
+        "billing-worker-credentials",
+        &Credentials {
+            audience: "https://orders.example.com".into(),
+            ..creds.clone()
         },
+        (&before["client_id"], &before["client_secret"]),
+        Duration::from_secs(GRACE + 60),
     )
     .await;
     let refused_after = started.elapsed().as_secs();

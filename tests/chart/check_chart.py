@@ -681,7 +681,7 @@ def check_test_image() -> None:
               f"tests/cluster/run {key}={got.get(key)} but the Dockerfile has {value}")
     # The script must really use them (not just define them).
     check('binary_image "$node_image" "${CARGO_TARGET_DIR:-$root/target}/debug/s2s-operator" \\\n'
-          '    "$image_binary" "$image_entrypoint"' in script
+          '    "$image_binary" "$image_entrypoint" "$released_image"' in script
           and 'oci_image "$ref" "$files" "$entrypoint" "$image_user"' in script,
           "tests/cluster/run builds the image from image_*")
 
