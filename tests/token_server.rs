@@ -875,6 +875,7 @@ async fn every_error_case_is_answered_per_rfc_6749() {
         413,
         "invalid_request",
     );
+    oversized_body_is_not_read_as_a_request(&url).await;
     let garbled = http()
         .post(&url)
         .header("authorization", "Basic %%%")
@@ -1287,5 +1288,45 @@ async fn every_example_account_with_credentials_gets_a_token() {
     assert!(
         !banner.contains("warning"),
         "examples load cleanly:\n{banner}"
+    );
+}
+
+/// A body over the limit, whose tail is a request of its own, on one kept-alive connection:
+/// the answer is 413, the connection then closes (saying so), and the request hidden in the
+/// body is never answered (no request smuggling through an unread body).
+async fn oversized_body_is_not_read_as_a_request(url: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let hidden = b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut body = b"grant_type=client_credentials&scope=".to_vec();
+    body.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    body.extend_from_slice(hidden);
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and close before the whole body is written.
+    let _ = conn.write_all(&body).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        read.is_ok(),
+        "the connection stays open after the 413: {text}"
+    );
+    assert!(text.starts_with("http/1.1 413"), "{text}");
+    assert_eq!(text.matches("http/1.1 ").count(), 1, "one answer: {text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(
+        !text.contains("\"keys\""),
+        "the hidden request was answered: {text}"
     );
 }

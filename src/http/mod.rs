@@ -147,15 +147,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tenants", get(tenants))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
-            close_when_draining,
+            close_when_done,
         ))
         .with_state(state)
 }
 
-/// While draining, every answer asks the client to close its connection, so keep-alive
-/// connections end after a complete exchange instead of being cut under a request.
-async fn close_when_draining(State(s): State<Arc<AppState>>, mut resp: Response) -> Response {
-    if s.draining.load(Ordering::Acquire) {
+/// `Connection: close` when the connection ends after this answer, so a keep-alive client
+/// does not send its next request into a closing connection (RFC 9112 §9.6): while
+/// draining (connections end after a complete exchange instead of being cut under a
+/// request), and after a 413 (the rest of the body is never read, and hyper closes).
+async fn close_when_done(State(s): State<Arc<AppState>>, mut resp: Response) -> Response {
+    if s.draining.load(Ordering::Acquire) || resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
