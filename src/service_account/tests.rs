@@ -123,11 +123,7 @@ fn first_pass_issues_everything_and_a_second_pass_changes_nothing() {
 
 #[test]
 fn scheduled_rotation_keeps_the_old_secret_through_the_grace_period() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, mut obs, mut g, first) = issued();
     let old_secret = first.secrets[0].data["client_secret"].clone();
 
     let at = t0() + 720 * H;
@@ -177,11 +173,7 @@ fn scheduled_rotation_keeps_the_old_secret_through_the_grace_period() {
 
 #[test]
 fn the_rotate_annotation_rotates_once_per_value() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, mut obs, mut g, _) = issued();
     sa.metadata.annotations =
         Some([(ROTATE_ANNOTATION.to_owned(), "2026-11-23".to_owned())].into());
     let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
@@ -207,11 +199,7 @@ fn the_rotate_annotation_rotates_once_per_value() {
 
 #[test]
 fn a_secret_that_lost_its_credential_is_regenerated_with_a_warning() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (sa, mut obs, mut g, first) = issued();
     obs.secrets.remove("worker-secret");
     let plan = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
     assert_eq!(g.secrets, 2);
@@ -301,11 +289,7 @@ fn disabled_accounts_keep_credentials_but_are_not_ready() {
 
 #[test]
 fn changing_the_key_algorithm_rotates_the_key() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, obs, mut g, _) = issued();
     sa.spec
         .authentication
         .as_mut()
@@ -473,17 +457,24 @@ fn of_type(status: &ServiceAccountStatus, ty: CredentialType) -> Vec<&Credential
         .collect()
 }
 
+/// BOTH after its first pass, applied: the account, what is observed, the generator, the
+/// first plan.
+fn issued() -> (ServiceAccount, Observed, Counting, Plan) {
+    let mut sa = account(BOTH);
+    let mut obs = Observed::default();
+    let mut g = Counting::default();
+    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
+    apply(&mut sa, &mut obs, &first);
+    (sa, obs, g, first)
+}
+
 fn rotate(sa: &mut ServiceAccount, value: &str) {
     sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), value.to_owned())].into());
 }
 
 #[test]
 fn a_failed_key_generation_keeps_the_previous_key_in_grace_and_retries_the_rotation() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, mut obs, mut g, _) = issued();
     rotate(&mut sa, "1");
     let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
     apply(&mut sa, &mut obs, &rotated);
@@ -516,11 +507,7 @@ fn a_failed_key_generation_keeps_the_previous_key_in_grace_and_retries_the_rotat
 
 #[test]
 fn a_secret_that_lost_its_current_credential_keeps_the_previous_one_in_grace() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, mut obs, mut g, first) = issued();
     let old_secret = first.secrets[0].data["client_secret"].clone();
     rotate(&mut sa, "1");
     let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
@@ -549,11 +536,7 @@ fn a_secret_that_lost_its_current_credential_keeps_the_previous_one_in_grace() {
 
 #[test]
 fn a_second_rotation_within_the_grace_period_retires_the_first_previous_and_says_so() {
-    let mut sa = account(BOTH);
-    let mut obs = Observed::default();
-    let mut g = Counting::default();
-    let first = reconcile(&sa, &obs, &ctx(t0()), &mut g);
-    apply(&mut sa, &mut obs, &first);
+    let (mut sa, mut obs, mut g, first) = issued();
     let oldest = first.secrets[0].data["client_secret"].clone();
     rotate(&mut sa, "1");
     let once = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
