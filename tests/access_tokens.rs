@@ -129,17 +129,28 @@ async fn introspect(dev: &support::DevServer, namespace: &str, secret: &str, tok
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_access_token_for_two_audiences_is_written_verified_and_withdrawn_with_a_grant() {
-    let manifests = support::manifests_dir(&[
+/// The accounts, both grants and the AccessTokens as manifests.
+fn manifests() -> tempfile::TempDir {
+    support::manifests_dir(&[
         ("accounts.yaml", ACCOUNTS),
         ("grant-orders.yaml", &grant("shop", ORDERS)),
         ("grant-stock.yaml", &grant("warehouse", STOCK)),
         ("tokens.yaml", TOKENS),
-    ]);
+    ])
+}
+
+/// `dev` over [`manifests`], with a fresh state dir, once it has applied them.
+fn started() -> (tempfile::TempDir, tempfile::TempDir, support::DevServer) {
+    let manifests = manifests();
     let state = tempfile::tempdir().unwrap();
     let dev = support::DevServer::start(manifests.path(), state.path(), &[]);
     dev.wait_for_log("access tokens:");
+    (manifests, state, dev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_access_token_for_two_audiences_is_written_verified_and_withdrawn_with_a_grant() {
+    let (manifests, state, dev) = started();
 
     let data = eventually(Duration::from_secs(10), "the token file", || async {
         secret_files(state.path(), "team", "both-token")
@@ -233,12 +244,7 @@ async fn dev_access_token_for_two_audiences_is_written_verified_and_withdrawn_wi
 /// its files is the one recorded, so nothing is re-issued, and it is still active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_access_token_is_not_reissued_after_a_restart() {
-    let manifests = support::manifests_dir(&[
-        ("accounts.yaml", ACCOUNTS),
-        ("grant-orders.yaml", &grant("shop", ORDERS)),
-        ("grant-stock.yaml", &grant("warehouse", STOCK)),
-        ("tokens.yaml", TOKENS),
-    ]);
+    let manifests = manifests();
     let state = tempfile::tempdir().unwrap();
     // The same address after the restart: the same issuer, so the token is still ours.
     let listen = format!("127.0.0.1:{}", support::free_port());
@@ -270,15 +276,7 @@ async fn dev_access_token_is_not_reissued_after_a_restart() {
 /// in a cluster: no token is left on disk. Other objects' Secrets stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_removed_access_token_takes_its_files_and_status() {
-    let manifests = support::manifests_dir(&[
-        ("accounts.yaml", ACCOUNTS),
-        ("grant-orders.yaml", &grant("shop", ORDERS)),
-        ("grant-stock.yaml", &grant("warehouse", STOCK)),
-        ("tokens.yaml", TOKENS),
-    ]);
-    let state = tempfile::tempdir().unwrap();
-    let dev = support::DevServer::start(manifests.path(), state.path(), &[]);
-    dev.wait_for_log("access tokens:");
+    let (manifests, state, dev) = started();
     assert!(
         dev.secret("team", "both-token")
             .contains_key("access_token")
