@@ -168,12 +168,8 @@ pub fn timing(token: &AccessToken, max_token_lifetime: Duration) -> (Duration, D
     )
 }
 
-/// The time of the pass.
-#[derive(Clone, Copy, Debug)]
-pub struct Context {
-    /// Now.
-    pub now: SystemTime,
-}
+/// The time of the pass: the same as a TokenGrant's.
+pub use crate::token_grant::Context;
 
 /// The reconcile of one AccessToken.
 pub fn reconcile(token: &AccessToken, world: &World<'_>, ctx: &Context) -> Plan {

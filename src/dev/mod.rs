@@ -13,6 +13,7 @@
 mod manifests;
 mod state;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -398,22 +399,12 @@ impl Dev {
     /// account no credentials), and so does its status. Only when every manifest was read:
     /// a file caught mid-edit must not delete anything.
     fn collect_garbage(&self, world: &Manifests) {
-        let accounts: Vec<String> = world.accounts.iter().map(store::key_of).collect();
-        let grants: Vec<String> = world.grants.iter().map(store::key_of).collect();
-        let tokens: Vec<String> = world.access_tokens.iter().map(store::key_of).collect();
-        let mut live: std::collections::BTreeSet<String> = accounts.iter().cloned().collect();
-        live.extend(
-            world
-                .grants
-                .iter()
-                .map(|g| Held::of(TokenKind::Grant, g).owner),
-        );
-        live.extend(
-            world
-                .access_tokens
-                .iter()
-                .map(|t| Held::of(TokenKind::AccessToken, t).owner),
-        );
+        let accounts: BTreeSet<String> = world.accounts.iter().map(store::key_of).collect();
+        let grants: BTreeSet<String> = world.grants.iter().map(store::key_of).collect();
+        let tokens: BTreeSet<String> = world.access_tokens.iter().map(store::key_of).collect();
+        let mut live = accounts.clone();
+        live.extend(grants.iter().map(|k| TokenKind::Grant.owner(k)));
+        live.extend(tokens.iter().map(|k| TokenKind::AccessToken.owner(k)));
         match self.state.remove_orphaned_secrets(&live) {
             Ok(removed) => {
                 for secret in removed {
@@ -759,6 +750,13 @@ impl TokenKind {
             TokenKind::AccessToken => "AccessToken",
         }
     }
+
+    /// The owner in the state dir of the Secrets of the object `key` (`namespace/name`): the
+    /// kind and the key (not the key alone: an account of the same name must not pass for
+    /// it).
+    fn owner(self, key: &str) -> String {
+        format!("{}:{key}", self.name().to_lowercase())
+    }
 }
 
 /// A grant or AccessToken, as `dev` names it and its Secrets.
@@ -768,8 +766,7 @@ struct Held {
     name: String,
     /// `namespace/name`.
     key: String,
-    /// Its Secrets' owner in the state dir: the kind and `namespace/name` (not the key
-    /// alone: an account of the same name must not pass for it).
+    /// Its Secrets' owner in the state dir ([`TokenKind::owner`]).
     owner: String,
 }
 
@@ -780,7 +777,7 @@ impl Held {
             kind,
             namespace: obj.namespace().unwrap_or_default(),
             name: obj.name_any(),
-            owner: format!("{}:{key}", kind.name().to_lowercase()),
+            owner: kind.owner(&key),
             key,
         }
     }

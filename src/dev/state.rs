@@ -4,7 +4,7 @@
 //! and AccessToken uids, the operator's signing keys, the RFC 7009 deny list) lives under `<dir>/.s2s/`, a name
 //! no namespace can have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -111,10 +111,7 @@ impl StateDir {
 
     /// Deletes the Secrets whose owner is not in `live` (nor the operator), as the garbage
     /// collector deletes a cluster's Secrets with their owner. Returns their `namespace/name`.
-    pub fn remove_orphaned_secrets(
-        &self,
-        live: &std::collections::BTreeSet<String>,
-    ) -> io::Result<Vec<String>> {
+    pub fn remove_orphaned_secrets(&self, live: &BTreeSet<String>) -> io::Result<Vec<String>> {
         let mut owners = self.owners();
         let orphans: Vec<String> = owners
             .iter()
@@ -140,7 +137,7 @@ impl StateDir {
 
     /// Deletes the saved statuses of objects of `kind` (its plural) not in `present`
     /// (`namespace/name`): an object that comes back starts afresh, as one created again.
-    pub fn remove_statuses_except(&self, kind: &str, present: &[String]) -> io::Result<()> {
+    pub fn remove_statuses_except(&self, kind: &str, present: &BTreeSet<String>) -> io::Result<()> {
         let dir = self.root.join(".s2s/status").join(kind);
         let Ok(namespaces) = std::fs::read_dir(&dir) else {
             return Ok(());
@@ -447,11 +444,13 @@ mod tests {
         state.write_status("team", "worker", &status).unwrap();
         state.write_status("team", "old", &status).unwrap();
         state
-            .remove_statuses_except(SERVICE_ACCOUNTS, &["team/worker".to_owned()])
+            .remove_statuses_except(SERVICE_ACCOUNTS, &["team/worker".to_owned()].into())
             .unwrap();
         assert!(state.read_status("team", "worker").is_some());
         assert!(state.read_status("team", "old").is_none());
         // No status folder of a kind yet: nothing to do.
-        state.remove_statuses_except(TOKEN_GRANTS, &[]).unwrap();
+        state
+            .remove_statuses_except(TOKEN_GRANTS, &BTreeSet::new())
+            .unwrap();
     }
 }

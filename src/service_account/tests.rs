@@ -174,8 +174,7 @@ fn scheduled_rotation_keeps_the_old_secret_through_the_grace_period() {
 #[test]
 fn the_rotate_annotation_rotates_once_per_value() {
     let (mut sa, mut obs, mut g, _) = issued();
-    sa.metadata.annotations =
-        Some([(ROTATE_ANNOTATION.to_owned(), "2026-11-23".to_owned())].into());
+    rotate(&mut sa, "2026-11-23");
     let rotated = reconcile(&sa, &obs, &ctx(t0() + H), &mut g);
     assert_eq!((g.secrets, g.keys), (2, 2));
     assert!(
@@ -320,7 +319,7 @@ fn changing_the_key_algorithm_rotates_the_key() {
 #[test]
 fn a_lost_status_adopts_what_the_secrets_hold_instead_of_regenerating() {
     let mut sa = account(BOTH);
-    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "1".to_owned())].into());
+    rotate(&mut sa, "1");
     let mut observed = Observed::default();
     let mut g = Counting::default();
     let first = reconcile(&sa, &observed, &ctx(t0()), &mut g);
@@ -387,7 +386,7 @@ fn a_rotation_whose_secret_write_was_lost_resumes_and_keeps_the_previous() {
     let old_secret = observed.secrets["worker-secret"].data["client_secret"].clone();
 
     // Rotation: the status is written (status first), the Secret write is lost.
-    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "1".to_owned())].into());
+    rotate(&mut sa, "1");
     let rotated = reconcile(&sa, &observed, &ctx(t0() + H), &mut g);
     assert!(rotated.events.iter().any(|e| e.reason == reasons::ROTATED));
     sa.status = Some(rotated.status.clone());
@@ -696,7 +695,7 @@ fn check_rotation_request_is_new_once_per_value() {
             new: false
         }
     );
-    sa.metadata.annotations = Some([(ROTATE_ANNOTATION.to_owned(), "2".to_owned())].into());
+    rotate(&mut sa, "2");
     assert!(rotation_request(&sa, &old).new);
     old.rotation_request = Some("2".into());
     assert_eq!(
